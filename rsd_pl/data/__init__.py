@@ -1,0 +1,1 @@
+"""Demonstration data: LIBERO-format HDF5, normalisation, chunking, observation processing."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: small LIBERO-format demo files written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from rsd_pl.data.synthetic import INSTRUCTIONS, write_synthetic_demos
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def synthetic_demo_file(tmp_path_factory):
+    """One file, 12 smooth pick-and-place-like demos, 32 px images."""
+    return write_synthetic_demos(tmp_path_factory.mktemp("demos") / "synthetic_demo.hdf5", num_demos=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_demo_dir(tmp_path_factory):
+    """A directory with two task files (two instructions), 8 demos each, 32 px images."""
+    root = tmp_path_factory.mktemp("demo_dir")
+    for i, text in enumerate(INSTRUCTIONS):
+        write_synthetic_demos(root / f"task{i}_demo.hdf5", num_demos=8, seed=10 + i, instruction=text)
+    return root
