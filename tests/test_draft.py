@@ -1,0 +1,42 @@
+"""DraftModel: shapes, one-step == teacher forcing (block-causal), bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsd_pl.errors import RsdError
+from rsd_pl.models.draft import DraftConfig, DraftModel
+
+
+@pytest.fixture(scope="module")
+def draft() -> DraftModel:
+    torch.manual_seed(0)
+    return DraftModel(DraftConfig(main_hidden=32, hidden=32, layers=2, heads=2, mlp=64)).eval()
+
+
+def test_forward_and_next_layer_agree(draft):
+    query_hidden, codes = torch.randn(2, 8, 32), torch.randint(0, 7, (2, 8, 16, 8))
+    with torch.no_grad():
+        full = draft(query_hidden, codes)
+        assert full.shape == (2, 7, 8, 16, 7)
+        for known in range(1, 8):
+            step = draft.next_layer_logits(query_hidden, codes[..., :known])
+            torch.testing.assert_close(step, full[:, known - 1], atol=1e-5, rtol=1e-5)
+
+
+def test_prediction_ignores_later_layers(draft):
+    query_hidden, codes = torch.randn(2, 8, 32), torch.randint(0, 7, (2, 8, 16, 8))
+    changed = codes.clone()
+    changed[..., 3:] = (changed[..., 3:] + 1) % 7
+    with torch.no_grad():
+        a, b = draft(query_hidden, codes), draft(query_hidden, changed)
+    torch.testing.assert_close(a[:, :3], b[:, :3])  # predictions of layers 2..4 use layers 1..3 only
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_bad_inputs_raise(draft):
+    with pytest.raises(RsdError, match="query_hidden"):
+        draft(torch.randn(2, 8, 64), torch.randint(0, 7, (2, 8, 16, 8)))
+    with pytest.raises(RsdError, match="known layers"):
+        draft.next_layer_logits(torch.randn(2, 8, 32), torch.randint(0, 7, (2, 8, 16, 8)))
