@@ -1,0 +1,387 @@
+"""`python -m rsd_pl eval`: LIBERO rollouts with the decoding engine, as a Lightning predict loop.
+
+The episodes (suite, task, trial, seed) x modes are a torch Dataset; `EvalModule.predict_step` runs
+one rollout per item, so `Trainer(devices=..., num_nodes=...)` shards episodes across devices and
+nodes. Every finished episode is appended (flushed) to `<out>/episodes.jsonl` (one file per rank
+when there are several, merged at the end); a rerun skips the (suite, task, trial, mode) episodes
+already there. Then the report (`rsd_pl.eval.report`) is printed, written and logged to TensorBoard.
+
+Everything a run needs is checked before the first episode: suites, tasks, modes, registry names,
+lineage of tokenizer -> main -> draft, a draft for speculative mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rsd_pl.decoding.config import MODES, DecodingConfig
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.report import EPISODES_FILE, RANK_FILE_GLOB, episode_key, read_episodes, write_report
+from rsd_pl.eval.runner import EpisodeResult, run_episode
+
+CAMERA_ORDER = ("agentview", "eye_in_hand")  # backbone cameras: agentview first, then wrist
+DRAFT_MODES = ("speculative",)
+
+
+@dataclass
+class EvalConfig:
+    """LIBERO evaluation of one main model (and its draft) in several decoding modes."""
+
+    main: str = "main@best"
+    """Registry spec of the main model (name, name@best, name@latest or name@<version>)."""
+    draft: str | None = "draft@best"
+    """Registry spec of the draft model; null when no mode needs one."""
+    tokenizer: str | None = None
+    """Registry spec of the RFSQ tokenizer; null = the one named in the main model's lineage."""
+    registry: str = "checkpoints"
+    """Checkpoint registry folder."""
+    suites: list[str] = field(default_factory=lambda: ["libero_spatial"])
+    """LIBERO suites: libero_spatial, libero_object, libero_goal, libero_10, libero_90."""
+    tasks: str | None = None
+    """Task ids per suite, e.g. '0-9' or '0,3,5'; null = all tasks of each suite."""
+    num_trials: int = 50
+    """Trials per task: benchmark init states 0 .. num_trials-1."""
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    """Decoding modes, each evaluated on the same episodes: l1, parallel, ar, speculative."""
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """Engine settings shared by all modes (decoding.mode is replaced by each entry of `modes`)."""
+    camera_size: int = 128
+    """Side of the rendered camera images before resizing to the model's image size (LIBERO demos,
+    which the model was trained on, are rendered at 128)."""
+    max_steps: int | None = None
+    """Policy steps per episode after the wait steps; null = the suite's (220/280/300/520/400)."""
+    seed: int = 7
+    """Base seed; episode seed = seed + 1000 * task_id + trial (the same for every mode)."""
+    out: str = "runs/eval/libero_spatial"
+    """Output folder: episodes.jsonl, report.json, report.md, videos/, tensorboard/."""
+    videos_per_task: int = 2
+    """Trials 0 .. videos_per_task-1 of each task and mode are saved as mp4 (0 = none)."""
+    video_fps: int = 20
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu."""
+    devices: int | str = 1
+    """Lightning devices per node; episodes are sharded across devices x num_nodes."""
+    num_nodes: int = 1
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    """The observation the main model was trained with (from its artifact config)."""
+
+    cameras: tuple[str, ...]
+    """LIBERO camera names fed to the model; () = no rendering."""
+    image_size: int
+    """Side S of the model's images."""
+    object_pos: bool
+    """Whether the model takes the privileged object_pos [B, 6]."""
+
+
+def validate_config(cfg: EvalConfig) -> None:
+    """Plain value checks (no registry, no LIBERO): RsdError naming the bad key."""
+    from rsd_pl.envs import parse_index_list, suite_spec
+
+    unknown = [m for m in cfg.modes if m not in MODES]
+    if not cfg.modes or unknown:
+        raise RsdError(f"modes={cfg.modes}: must be a non-empty list of {MODES}")
+    if len(set(cfg.modes)) != len(cfg.modes):
+        raise RsdError(f"modes={cfg.modes}: a mode is listed twice")
+    if any(m in DRAFT_MODES for m in cfg.modes) and not cfg.draft:
+        raise RsdError(f"modes={cfg.modes} include speculative, which needs a draft model: set draft "
+                       "(e.g. draft@best) or remove speculative from modes")
+    if cfg.num_trials < 1:
+        raise RsdError(f"num_trials={cfg.num_trials}: must be >= 1")
+    if cfg.camera_size < 1:
+        raise RsdError(f"camera_size={cfg.camera_size}: must be >= 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise RsdError(f"max_steps={cfg.max_steps}: must be >= 1 or null")
+    if not cfg.suites:
+        raise RsdError("suites is empty")
+    for suite in cfg.suites:
+        spec = suite_spec(suite)  # RsdError for an unknown suite
+        for task_id in parse_index_list(cfg.tasks) if cfg.tasks else []:
+            if not 0 <= task_id < spec.num_tasks:
+                raise RsdError(f"tasks={cfg.tasks!r}: task {task_id} is out of range for {suite} "
+                               f"(0..{spec.num_tasks - 1})")
+    for mode in cfg.modes:
+        decoding_for(cfg, mode)  # DecodingConfig.validate names the bad decoding.* value
+
+
+def decoding_for(cfg: EvalConfig, mode: str) -> DecodingConfig:
+    """The shared engine settings with this mode (early exit only where the mode supports it)."""
+    early_exit = cfg.decoding.early_exit_bound if mode in ("ar", "speculative") else None
+    return dataclasses.replace(cfg.decoding, mode=mode, early_exit_bound=early_exit)
+
+
+def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """(suite, task, trial, seed) x modes, task-major so one env serves consecutive episodes."""
+    from rsd_pl.envs import parse_index_list, suite_spec
+
+    items = []
+    for suite in cfg.suites:
+        spec = suite_spec(suite)
+        tasks = parse_index_list(cfg.tasks) if cfg.tasks else list(range(spec.num_tasks))
+        max_steps = cfg.max_steps or spec.max_steps
+        for task_id in tasks:
+            for trial in range(cfg.num_trials):
+                seed = cfg.seed + 1000 * task_id + trial
+                items += [{"suite": suite, "task_id": task_id, "trial": trial, "seed": seed,
+                           "mode": mode, "max_steps": max_steps,
+                           "record": trial < cfg.videos_per_task} for mode in cfg.modes]
+    return items
+
+
+class EpisodeDataset(Dataset):
+    """The episodes still to run: one dict per (suite, task, trial, mode)."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+def first_item(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate for batch_size=1: the episode dict itself (no tensor stacking)."""
+    return items[0]
+
+
+class EpisodeLog:
+    """Appends one JSON line per finished episode and flushes it (a kill loses at most one line)."""
+
+    def __init__(self, out_dir: Path, rank: int, world_size: int) -> None:
+        name = EPISODES_FILE if world_size == 1 else f"episodes.rank{rank}.jsonl"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / name
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def merge_rank_files(out_dir: Path) -> None:
+    """Fold per-rank logs into episodes.jsonl (skipping episodes already there), then remove them."""
+    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE)}
+    with open(out_dir / EPISODES_FILE, "a") as f:
+        for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
+            for record in read_episodes_file(path):
+                if episode_key(record) not in merged:
+                    merged.add(episode_key(record))
+                    f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
+        path.unlink()
+
+
+def read_episodes_file(path: Path) -> list[dict[str, Any]]:
+    from rsd_pl.eval.report import read_jsonl
+
+    return read_jsonl(path) if path.is_file() else []
+
+
+class EvalModule(L.LightningModule):
+    """Runs one LIBERO episode per predict step. Holds the models (so Lightning places them on the
+    device) and builds one policy per mode over the same weights, lazily, once they are placed."""
+
+    def __init__(self, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec, out_dir: str | Path,
+                 camera_size: int = 128, video_fps: int = 20) -> None:
+        super().__init__()
+        self.models = models
+        self.make_policy = make_policy
+        """make_policy(mode) -> policy with reset() / select_action(batch) / episode_stats()."""
+        self.obs = obs
+        self.out_dir = Path(out_dir)
+        self.camera_size = camera_size
+        self.video_fps = video_fps
+        self._policies: dict[str, Any] = {}
+        self._env: Any = None
+        self._env_key: tuple[str, int] | None = None
+        self._log: EpisodeLog | None = None
+
+    def on_predict_start(self) -> None:
+        self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
+
+    def predict_step(self, item: dict[str, Any], batch_idx: int) -> None:
+        env = self._env_for(item["suite"], item["task_id"])
+        if item["mode"] not in self._policies:
+            self._policies[item["mode"]] = self.make_policy(item["mode"])
+        result = run_episode(env, self._policies[item["mode"]], item["max_steps"], trial=item["trial"],
+                             seed=item["seed"], mode=item["mode"], image_size=self.obs.image_size,
+                             record_frames=item["record"])
+        if result.frames:
+            result.video = str(self._write_video(result))
+        self._log.append(result.to_json())
+        self._announce(result)
+
+    def on_predict_end(self) -> None:
+        self._close_env()
+
+    def _env_for(self, suite: str, task_id: int) -> Any:
+        """One env at a time, reused by the consecutive episodes (trials, modes) of a task."""
+        from rsd_pl.envs import LiberoEnv
+
+        if self._env_key != (suite, task_id):
+            self._close_env()
+            camera_size = self.camera_size if self.obs.cameras else None
+            self._env = LiberoEnv(suite, task_id, camera_size=camera_size,
+                                  cameras=self.obs.cameras or CAMERA_ORDER[:1], seed=0)
+            self._env_key = (suite, task_id)
+        return self._env
+
+    def _close_env(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env, self._env_key = None, None
+
+    def _write_video(self, result: EpisodeResult) -> Path:
+        from rsd_pl.eval.video import write_video
+
+        outcome = f"{result.mode}: {result.status} after {result.steps} steps"
+        name = f"{result.suite}_task{result.task_id:02d}_trial{result.trial:02d}_{result.mode}_{result.status}.mp4"
+        return write_video(self.out_dir / "videos" / name, result.frames, result.instruction, outcome,
+                           result.status, fps=self.video_fps)
+
+    def _announce(self, result: EpisodeResult) -> None:
+        from tqdm import tqdm
+
+        latency = result.latency_ms.get("p50", float("nan"))
+        tqdm.write(f"[rank {self.global_rank}] {result.suite} task {result.task_id} trial {result.trial} "
+                   f"{result.mode}: {result.status} in {result.steps} steps, {result.chunks} chunks, "
+                   f"p50 {latency:.1f} ms/chunk")
+
+
+def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The episode list without the episodes already logged under cfg.out (resume)."""
+    done = {episode_key(r) for r in read_episodes(cfg.out)}
+    return [item for item in episode_list(cfg) if episode_key(item) not in done]
+
+
+def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec) -> dict[str, Any] | None:
+    """Run the pending episodes through a Lightning predict loop, merge logs, write the report."""
+    out_dir = Path(cfg.out)
+    items = pending_items(cfg)
+    total = len(episode_list(cfg))
+    print(f"eval: {total - len(items)}/{total} episodes already in {out_dir / EPISODES_FILE}, "
+          f"{len(items)} to run")
+    trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=cfg.progress_bar)
+    if items:
+        loader = DataLoader(EpisodeDataset(items), batch_size=1, shuffle=False, collate_fn=first_item)
+        module = EvalModule(models, make_policy, obs, out_dir, cfg.camera_size, cfg.video_fps)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    merge_rank_files(out_dir)
+    return write_report(out_dir, tensorboard_dir=out_dir / "tensorboard")
+
+
+# --- loading from the registry (everything checked before the first episode) ---------------------
+
+
+def _lineage_parent(artifact: Any, key: str, registry: Any) -> str:
+    """The resolved spec of the artifact this one was trained on (`lineage[key]`)."""
+    parent = artifact.lineage.get(key)
+    if not parent:
+        raise RsdError(f"{artifact.spec}: lineage.json has no {key!r} entry, so its {key} cannot be "
+                       f"checked (lineage: {artifact.lineage})")
+    return registry.resolve(str(parent)).spec
+
+
+def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
+    """Tokenizer, normaliser, main and draft from the registry, with their lineage checked.
+
+    Returns ({"tokenizer", "normalizer", "main", "draft"}, ObsSpec). RsdError for an unknown name,
+    a tokenizer other than the one main was trained on, a draft distilled from another main.
+    """
+    from rsd_pl.models.main_model import load_main
+    from rsd_pl.models.rfsq import load_tokenizer
+    from rsd_pl.registry import Registry
+
+    registry = Registry(cfg.registry)
+    main, main_art = load_main(cfg.main, registry)
+    trained_on = _lineage_parent(main_art, "tokenizer", registry)
+    tokenizer, normalizer, tok_art = load_tokenizer(cfg.tokenizer or trained_on, registry)
+    if tok_art.spec != trained_on:
+        raise RsdError(f"tokenizer={cfg.tokenizer} resolves to {tok_art.spec}, but main {main_art.spec} "
+                       f"was trained on {trained_on}: mismatched lineage")
+    draft = None
+    if cfg.draft:
+        from rsd_pl.models.draft import load_draft
+
+        draft, draft_art = load_draft(cfg.draft, registry)
+        distilled_from = _lineage_parent(draft_art, "main", registry)
+        if distilled_from != main_art.spec:
+            raise RsdError(f"draft={cfg.draft} ({draft_art.spec}) was distilled from {distilled_from}, "
+                           f"not from main={cfg.main} ({main_art.spec}): mismatched lineage")
+    print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_art.spec if draft else None}")
+    models = {"tokenizer": tokenizer, "normalizer": normalizer, "main": main, "draft": draft}
+    return models, obs_spec_from_config(main_art.config, main_art.spec)
+
+
+def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
+    """Cameras, image side and object_pos as the main model was trained (config['model']['backbone'])."""
+    backbone = config.get("model", {}).get("backbone")
+    if not isinstance(backbone, dict):
+        raise RsdError(f"{source}: config has no model.backbone section")
+    num_cameras = int(backbone.get("num_cameras", 1))
+    if not 0 <= num_cameras <= len(CAMERA_ORDER):
+        raise RsdError(f"{source}: model.backbone.num_cameras={num_cameras}: LIBERO has {len(CAMERA_ORDER)}")
+    return ObsSpec(cameras=CAMERA_ORDER[:num_cameras], image_size=int(backbone["image_size"]),
+                   object_pos=bool(backbone.get("use_object_pos", False)))
+
+
+def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
+    """mode -> RSDPolicy over the shared weights (draft only where the mode uses it)."""
+    from rsd_pl.eval.policy import RSDPolicy
+
+    def make_policy(mode: str) -> Any:
+        draft = models["draft"] if mode in DRAFT_MODES else None
+        return RSDPolicy.from_models(models["main"], models["tokenizer"], models["normalizer"],
+                                     decoding_for(cfg, mode), draft=draft)
+
+    return make_policy
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def parse_config(argv: list[str]) -> EvalConfig:
+    """`--config file.yaml` plus any field on the command line (e.g. `--num_trials 5 --modes [ar]`)."""
+    from jsonargparse import auto_cli, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help
+    return auto_cli(EvalConfig, args=argv, as_positional=False, prog="python -m rsd_pl eval")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m rsd_pl eval --config configs/eval_libero_spatial.yaml [--field value ...]`."""
+    cfg = parse_config(argv)
+    validate_config(cfg)
+    models, obs = load_models(cfg)
+    make_policy = policy_factory(cfg, models)
+    for mode in cfg.modes:  # builds each engine once: shape / mode / draft errors surface here
+        make_policy(mode)
+    modules = nn.ModuleDict({k: v for k, v in models.items() if isinstance(v, nn.Module)})
+    report = run_eval(cfg, modules, make_policy, obs)
+    if report is not None and report["errors"]:
+        print(f"eval: {len(report['errors'])} episode(s) ended in an error (tracebacks in {cfg.out}/"
+              f"{EPISODES_FILE}); exit code 1")
+        return 1
+    return 0

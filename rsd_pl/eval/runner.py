@@ -1,0 +1,176 @@
+"""One LIBERO episode with a policy, following the evaluation protocol of DESIGN.md section 6.
+
+reset to the benchmark init state `trial` -> 10 wait steps of [0, 0, 0, 0, 0, 0, -1] (done by
+`LiberoEnv.reset(wait=True)`) -> up to `max_steps` policy steps. The policy serves each decoded
+chunk of T actions open loop from its queue and re-queries the engine when the queue is empty.
+
+- success only when the environment reports it (`env.success()` after a step);
+- running out of steps is a failure (`status="timeout"`);
+- an exception raised by the policy or the simulator is caught here, at the episode boundary, only
+  to be recorded as `status="error"` with its traceback (printed too); it is never a success.
+  `RsdError` (bad user input, e.g. an init state index out of range) is not an episode outcome and
+  propagates.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.report import percentile
+
+STATUSES = ("success", "timeout", "error")
+
+
+class EpisodeEnv(Protocol):
+    """What the runner needs from `rsd_pl.envs.LiberoEnv` (docs/envs_api.md)."""
+
+    suite: str
+    task_id: int
+    task_name: str
+    instruction: str
+
+    def reset(self, init_state_index: int, wait: bool = True) -> dict: ...
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]: ...
+    def success(self) -> bool: ...
+    def batch(self, obs: dict, image_size: int) -> dict: ...
+
+
+class EpisodePolicy(Protocol):
+    """What the runner needs from `rsd_pl.eval.policy.RSDPolicy`: an action queue over the engine."""
+
+    def reset(self) -> None: ...
+    def select_action(self, batch: dict) -> np.ndarray | torch.Tensor: ...
+    def episode_stats(self) -> list[Any]: ...
+
+
+@dataclass
+class EpisodeResult:
+    """One finished episode; `to_json()` is one line of `episodes.jsonl`."""
+
+    suite: str
+    task_id: int
+    task_name: str
+    instruction: str
+    trial: int
+    """Index of the benchmark init state."""
+    seed: int
+    mode: str
+    success: bool
+    status: str
+    """success | timeout | error"""
+    steps: int = 0
+    """Policy steps executed after the wait steps."""
+    chunks: int = 0
+    """Action chunks decoded by the engine."""
+    chunk_latency_ms: list[float] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    """mean / p50 / p95 / max of this episode's chunk latencies."""
+    main_forwards: int = 0
+    draft_forwards: int = 0
+    proposed_by_depth: list[int] = field(default_factory=list)
+    """Draft layers proposed, indexed by residual layer - 1 (layer 1 is never proposed)."""
+    accepted_by_depth: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+    error: str | None = None
+    """Traceback when status == error."""
+    video: str | None = None
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)
+    """uint8 [S, V*S, 3] frames when recording was asked; never written to the JSONL."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["frames"]
+        return out
+
+
+def seed_everything(seed: int) -> None:
+    """The episode's randomness (engine sampling, any numpy use) depends on its seed only."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The policy's action -> float64 (7,) for robosuite; anything else is an error."""
+    if isinstance(action, torch.Tensor):
+        action = action.detach().to("cpu", torch.float64).numpy()
+    action = np.asarray(action, dtype=np.float64).reshape(-1)
+    if action.shape != (7,) or not np.all(np.isfinite(action)):
+        raise ValueError(f"policy returned an action of shape {action.shape} or non-finite values: {action}")
+    return action
+
+
+def _frame(batch: dict) -> np.ndarray | None:
+    from rsd_pl.eval.video import frame_from_images
+
+    images = batch.get("images")
+    if images is None:
+        return None
+    return frame_from_images(images[0].detach().cpu().numpy())  # (V, 3, S, S) -> (S, V*S, 3)
+
+
+def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
+             image_size: int, record_frames: bool) -> None:
+    """Steps the episode, updating result.steps / status / frames as it goes."""
+    policy.reset()  # empty action queue, fresh statistics
+    obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
+    for _ in range(max_steps):
+        batch = env.batch(obs, image_size=image_size)
+        if record_frames and (frame := _frame(batch)) is not None:
+            result.frames.append(frame)
+        obs, _, _, _ = env.step(to_env_action(policy.select_action(batch)))
+        result.steps += 1
+        if env.success():
+            result.success, result.status = True, "success"
+            return
+    result.status = "timeout"
+
+
+def _add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any]) -> None:
+    """Engine statistics (`rsd_pl.decoding.stats.ChunkStats`) of the episode's chunks."""
+    result.chunks = len(chunk_stats)
+    result.chunk_latency_ms = [round(c.total_s * 1000.0, 4) for c in chunk_stats]
+    latencies = result.chunk_latency_ms
+    result.latency_ms = {"mean": sum(latencies) / len(latencies) if latencies else float("nan"),
+                         "p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                         "max": max(latencies, default=float("nan"))}
+    result.main_forwards = sum(c.main_forwards for c in chunk_stats)
+    result.draft_forwards = sum(c.draft_forwards for c in chunk_stats)
+    if chunk_stats:
+        result.proposed_by_depth = np.sum([c.proposed_by_depth for c in chunk_stats], axis=0).tolist()
+        result.accepted_by_depth = np.sum([c.accepted_by_depth for c in chunk_stats], axis=0).tolist()
+
+
+def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial: int, seed: int,
+                mode: str, image_size: int, record_frames: bool = False) -> EpisodeResult:
+    """Run one episode (protocol in the module docstring) and return its result.
+
+    max_steps: policy steps after the wait (the suite's `SuiteSpec.max_steps` for the benchmark).
+    image_size: side S of the images fed to the policy (what the main model was trained with).
+    """
+    result = EpisodeResult(suite=env.suite, task_id=env.task_id, task_name=env.task_name,
+                           instruction=env.instruction, trial=trial, seed=seed, mode=mode,
+                           success=False, status="error")
+    seed_everything(seed)
+    start = time.perf_counter()
+    try:
+        _rollout(env, policy, result, max_steps, image_size, record_frames)
+    except RsdError:
+        raise
+    except Exception:  # recorded as this episode's error, printed, counted separately; never a success
+        result.success, result.status = False, "error"
+        result.error = traceback.format_exc()
+        print(f"episode {env.suite} task {env.task_id} trial {trial} mode {mode} failed:\n{result.error}",
+              file=sys.stderr)
+    result.wall_s = round(time.perf_counter() - start, 3)
+    _add_chunk_stats(result, policy.episode_stats())
+    return result

@@ -1,0 +1,62 @@
+"""Rollout videos: mp4 with the instruction and the outcome drawn on every frame."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+# outcome status -> RGB colour of the outcome text
+STATUS_COLOURS = {"success": (40, 200, 40), "timeout": (230, 60, 40), "error": (230, 160, 0)}
+MIN_SIDE = 256  # frames are upscaled to at least this side so the text is readable
+
+
+def frame_from_images(images: np.ndarray) -> np.ndarray:
+    """One video frame from a policy observation's images.
+
+    images: float [V, 3, S, S] in [0, 1], upright (the observation contract) -> uint8 [S, V*S, 3],
+    cameras side by side.
+    """
+    frames = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)  # (V, 3, S, S)
+    frames = frames.transpose(0, 2, 3, 1)  # (V, S, S, 3)
+    return np.concatenate(list(frames), axis=1)  # (S, V*S, 3)
+
+
+def annotate(frame: np.ndarray, instruction: str, outcome: str, status: str) -> np.ndarray:
+    """Upscale a uint8 [h, w, 3] frame and draw the instruction on top, the outcome at the bottom."""
+    import cv2
+
+    scale = max(1, -(-MIN_SIDE // frame.shape[0]))
+    frame = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale),
+                       interpolation=cv2.INTER_NEAREST)
+    height, width = frame.shape[:2]
+    chars_per_line = max(10, width // 9)
+    lines = textwrap.wrap(instruction, chars_per_line)[:3]
+    banner = 8 + 16 * len(lines)
+    canvas = np.zeros((height + banner + 24, width, 3), dtype=np.uint8)  # (h', w, 3)
+    canvas[banner:banner + height] = frame
+    for i, line in enumerate(lines):
+        cv2.putText(canvas, line, (4, 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(canvas, outcome, (4, banner + height + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                STATUS_COLOURS.get(status, (255, 255, 255)), 1, cv2.LINE_AA)
+    return canvas
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], instruction: str, outcome: str,
+                status: str, fps: int = 20) -> Path:
+    """Write uint8 [h, w, 3] frames as an H.264 mp4 with the instruction and outcome drawn on them."""
+    import imageio.v2 as imageio
+
+    if not frames:
+        raise ValueError(f"no frames to write to {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    annotated = [annotate(frame, instruction, outcome, status) for frame in frames]
+    # yuv420p needs even sides: crop one pixel row / column when odd; macro_block_size=1 stops resizing
+    height, width = annotated[0].shape[:2]
+    annotated = [f[: height - height % 2, : width - width % 2] for f in annotated]
+    imageio.mimwrite(path, annotated, fps=fps, codec="libx264", macro_block_size=1,
+                     quality=7, pixelformat="yuv420p")
+    return path
