@@ -216,7 +216,7 @@ class EvalModule(L.LightningModule):
     def on_predict_start(self) -> None:
         self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
 
-    def predict_step(self, item: dict[str, Any], batch_idx: int) -> None:
+    def predict_step(self, item: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         env = self._env_for(item["suite"], item["task_id"])
         if item["mode"] not in self._policies:
             self._policies[item["mode"]] = self.make_policy(item["mode"])
@@ -225,8 +225,10 @@ class EvalModule(L.LightningModule):
                              record_frames=item["record"])
         if result.frames:
             result.video = str(self._write_video(result))
-        self._log.append(result.to_json())
+        record = result.to_json()
+        self._log.append(record)
         self._announce(result)
+        return record
 
     def on_predict_end(self) -> None:
         self._close_env()
@@ -315,22 +317,27 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
     from rsd_pl.registry import Registry
 
     registry = Registry(cfg.registry)
-    main, main_art = load_main(cfg.main, registry)
+    # 1. lineage from the small json files, before any weights are read (a 7B main takes minutes)
+    main_art = registry.resolve(cfg.main)
     trained_on = _lineage_parent(main_art, "tokenizer", registry)
-    tokenizer, normalizer, tok_art = load_tokenizer(cfg.tokenizer or trained_on, registry)
+    tok_art = registry.resolve(cfg.tokenizer or trained_on)
     if tok_art.spec != trained_on:
-        raise RsdError(f"tokenizer={cfg.tokenizer} resolves to {tok_art.spec}, but main {main_art.spec} "
-                       f"was trained on {trained_on}: mismatched lineage")
+        raise RsdError(f"tokenizer={cfg.tokenizer} resolves to {tok_art.spec}, but main={cfg.main} "
+                       f"({main_art.spec}) was trained on {trained_on}: mismatched lineage")
+    draft_art = registry.resolve(cfg.draft) if cfg.draft else None
+    if draft_art is not None and _lineage_parent(draft_art, "main", registry) != main_art.spec:
+        raise RsdError(f"draft={cfg.draft} ({draft_art.spec}) was distilled from "
+                       f"{draft_art.lineage['main']}, not from main={cfg.main} ({main_art.spec}): "
+                       "mismatched lineage")
+    # 2. the weights
+    tokenizer, normalizer, _ = load_tokenizer(tok_art.spec, registry)
+    main, _ = load_main(main_art.spec, registry)
     draft = None
-    if cfg.draft:
+    if draft_art is not None:
         from rsd_pl.models.draft import load_draft
 
-        draft, draft_art = load_draft(cfg.draft, registry)
-        distilled_from = _lineage_parent(draft_art, "main", registry)
-        if distilled_from != main_art.spec:
-            raise RsdError(f"draft={cfg.draft} ({draft_art.spec}) was distilled from {distilled_from}, "
-                           f"not from main={cfg.main} ({main_art.spec}): mismatched lineage")
-    print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_art.spec if draft else None}")
+        draft, _ = load_draft(draft_art.spec, registry, main_spec=main_art.spec)
+    print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_art.spec if draft_art else None}")
     models = {"tokenizer": tokenizer, "normalizer": normalizer, "main": main, "draft": draft}
     return models, obs_spec_from_config(main_art.config, main_art.spec)
 

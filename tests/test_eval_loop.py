@@ -1,0 +1,180 @@
+"""The Lightning evaluation loop: config checks before any episode, episode list, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rsd_pl.decoding.stats import ChunkStats
+from rsd_pl.errors import RsdError
+from rsd_pl.eval import loop
+from rsd_pl.eval.report import EPISODES_FILE, read_episodes
+
+
+def _cfg(tmp_path, **overrides) -> loop.EvalConfig:
+    base = {"out": str(tmp_path / "run"), "registry": str(tmp_path / "checkpoints"), "tasks": "0",
+            "num_trials": 1, "modes": ["ar", "parallel"], "draft": None, "max_steps": 5,
+            "videos_per_task": 0, "progress_bar": False, "accelerator": "cpu"}
+    return loop.EvalConfig(**{**base, **overrides})
+
+
+def test_cli_overrides_any_field(tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text("num_trials: 50\nmodes: [l1, ar]\ndecoding:\n  draft_len: 3\n")
+    cfg = loop.parse_config(["--config", str(config), "--num_trials", "2", "--tasks", "0-2"])
+    assert (cfg.num_trials, cfg.modes, cfg.tasks, cfg.decoding.draft_len) == (2, ["l1", "ar"], "0-2", 3)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"suites": ["libero_spatail"]}, "unknown LIBERO suite 'libero_spatail'"),
+    ({"modes": ["ar", "beam"]}, "modes=.*beam"),
+    ({"modes": ["ar", "speculative"], "draft": None}, "speculative, which needs a draft"),
+    ({"tasks": "0-12"}, "task 10 is out of range for libero_spatial"),
+    ({"num_trials": 0}, "num_trials=0"),
+])
+def test_bad_config_is_refused_before_any_episode(tmp_path, overrides, message):
+    with pytest.raises(RsdError, match=message):
+        loop.validate_config(_cfg(tmp_path, **overrides))
+
+
+def test_main_refuses_bad_input_before_any_episode(tmp_path, capsys):
+    """Through the CLI entry point: an unknown suite, and an unknown registry name, end before Lightning."""
+    from rsd_pl.__main__ import main as cli
+
+    assert cli(["eval", "--suites", "[libero_nope]", "--out", str(tmp_path / "run")]) == 1
+    assert "unknown LIBERO suite 'libero_nope'" in capsys.readouterr().err
+    assert cli(["eval", "--registry", str(tmp_path / "empty"), "--main", "nosuchmodel@best",
+                "--out", str(tmp_path / "run")]) == 1
+    assert "nosuchmodel" in capsys.readouterr().err
+    assert not (tmp_path / "run" / EPISODES_FILE).exists()
+
+
+def test_episode_list_same_seeds_for_every_mode(tmp_path):
+    items = loop.episode_list(_cfg(tmp_path, tasks="1-2", num_trials=3, modes=["ar", "speculative"],
+                                   videos_per_task=1, max_steps=None))
+    assert len(items) == 2 * 3 * 2
+    assert {i["max_steps"] for i in items} == {220}
+    by_key = {(i["task_id"], i["trial"], i["mode"]): i for i in items}
+    assert by_key[(2, 1, "ar")]["seed"] == by_key[(2, 1, "speculative")]["seed"] == 7 + 2000 + 1
+    assert [i["record"] for i in items if i["task_id"] == 1 and i["mode"] == "ar"] == [True, False, False]
+
+
+def test_merge_rank_files(tmp_path):
+    rows = [{"suite": "libero_spatial", "task_id": 0, "trial": t, "mode": "ar", "status": "timeout"}
+            for t in range(3)]
+    (tmp_path / EPISODES_FILE).write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "episodes.rank0.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    (tmp_path / "episodes.rank1.jsonl").write_text(json.dumps(rows[2]) + "\n")
+    loop.merge_rank_files(tmp_path)
+    assert [r["trial"] for r in read_episodes(tmp_path)] == [0, 1, 2]
+    assert not list(tmp_path.glob("episodes.rank*.jsonl"))
+
+
+class CountingPolicy:
+    """Test-only policy: moves nowhere, counts calls; one ChunkStats per 8 actions."""
+
+    calls = 0
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.stats = mode, []
+
+    def reset(self) -> None:
+        self.stats = []
+
+    def select_action(self, batch: dict) -> np.ndarray:
+        assert batch["proprio"].shape == (1, 8) and "images" not in batch  # cameras off
+        if CountingPolicy.calls % 8 == 0:
+            self.stats.append(ChunkStats(mode=self.mode, num_layers=8, main_forwards=1, total_s=0.001))
+        CountingPolicy.calls += 1
+        return np.array([0, 0, 0, 0, 0, 0, -1.0])
+
+    def episode_stats(self) -> list[ChunkStats]:
+        return self.stats
+
+
+@pytest.mark.libero
+def test_rerun_resumes_and_skips_finished_episodes(tmp_path):
+    """Real LIBERO env (cameras off), 2 modes x 1 episode of 5 steps; the rerun redoes nothing."""
+    cfg = _cfg(tmp_path)
+    obs = loop.ObsSpec(cameras=(), image_size=16, object_pos=False)
+    models = nn.ModuleDict({"main": nn.Linear(1, 1)})
+    torch.manual_seed(0)
+    CountingPolicy.calls = 0
+    report = loop.run_eval(cfg, models, CountingPolicy, obs)
+    assert CountingPolicy.calls == 2 * 5
+    log = tmp_path / "run" / EPISODES_FILE
+    first = log.read_text().splitlines()
+    records = [json.loads(line) for line in first]
+    assert sorted(r["mode"] for r in records) == ["ar", "parallel"]
+    assert all(r["status"] == "timeout" and not r["success"] and r["steps"] == 5 for r in records)
+    assert all(r["task_name"] and r["instruction"] for r in records)
+    assert report["modes"]["ar"]["trials"] == 1 and report["modes"]["ar"]["successes"] == 0
+    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "report.json").is_file()
+
+    CountingPolicy.calls = 0
+    loop.run_eval(cfg, models, CountingPolicy, obs)
+    assert CountingPolicy.calls == 0 and log.read_text().splitlines() == first
+
+    log.write_text(first[0] + "\n")  # as if killed after the first episode
+    loop.run_eval(cfg, models, CountingPolicy, obs)
+    assert CountingPolicy.calls == 5
+    assert len(log.read_text().splitlines()) == 2
+
+
+def _tiny_registry(root) -> None:
+    """rfsq@1, rfsq@2; main@1 trained on rfsq@1, main@2 on rfsq@2; draft@1 from main@1, draft@2 from main@2."""
+    from rsd_pl.data.normalize import ActionNormalizer
+    from rsd_pl.models.backbone import BackboneConfig
+    from rsd_pl.models.draft import DraftConfig, DraftModel
+    from rsd_pl.models.main_model import MainModel, MainModelConfig
+    from rsd_pl.models.rfsq import ActionRFSQAE
+    from rsd_pl.registry import Registry
+
+    torch.manual_seed(0)
+    registry = Registry(root)
+    stats = {key: [0.0] * 7 for key in ("mean", "min", "q01")}
+    stats.update({key: [1.0] * 7 for key in ("std", "max", "q99")}, mask=[True] * 6 + [False])
+    tok_cfg = {"hidden": 16, "num_hidden": 1}
+    sizes = dict(vision_hidden=16, vision_layers=1, vision_heads=2, vision_mlp=32,
+                 hidden=32, layers=1, heads=2, kv_heads=1, mlp=64)
+    main_cfg = MainModelConfig(backbone=BackboneConfig(image_size=16, num_cameras=2, use_object_pos=True,
+                                                       max_text_len=8, extra=sizes))
+    for version in (1, 2):
+        registry.export("rfsq", ActionRFSQAE(**tok_cfg).state_dict(), {"model": tok_cfg}, {}, {},
+                        extra_json={"stats": ActionNormalizer.from_dict(stats).to_dict()})
+        main = MainModel(main_cfg)
+        registry.export("main", main.export_tensors(), {"model": main_cfg.to_dict()}, {},
+                        {"tokenizer": f"rfsq@{version}"})
+        draft_cfg = DraftConfig(main_hidden=main.hidden_size, hidden=16, layers=1, heads=2, mlp=32)
+        registry.export("draft", DraftModel(draft_cfg).state_dict(), {"draft": draft_cfg.to_dict()}, {},
+                        {"main": f"main@{version}"})
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    _tiny_registry(root)
+    return root
+
+
+def test_load_models_follows_lineage_and_training_obs(tmp_path, tiny_registry):
+    cfg = _cfg(tmp_path, registry=str(tiny_registry), main="main@1", draft="draft@1")
+    models, obs = loop.load_models(cfg)
+    assert models["draft"] is not None and models["tokenizer"].num_layers == 8
+    assert obs == loop.ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=16, object_pos=True)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"main": "main@1", "tokenizer": "rfsq@2", "draft": None}, "trained on rfsq@1: mismatched lineage"),
+    ({"main": "main@1", "draft": "draft@2"}, "distilled from main@2, not from main=main@1"),
+    ({"main": "main@latest", "draft": "draft@1"}, r"\(main@2\): mismatched lineage"),
+    ({"main": "main@7", "draft": None}, "main@7"),
+    ({"main": "main@1", "draft": "drafty"}, "unknown artifact name 'drafty'"),
+])
+def test_mismatched_lineage_and_unknown_names_are_refused(tmp_path, tiny_registry, overrides, message):
+    with pytest.raises(RsdError, match=message):
+        loop.load_models(_cfg(tmp_path, registry=str(tiny_registry), **overrides))
