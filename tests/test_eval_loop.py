@@ -178,3 +178,12 @@ def test_load_models_follows_lineage_and_training_obs(tmp_path, tiny_registry):
 def test_mismatched_lineage_and_unknown_names_are_refused(tmp_path, tiny_registry, overrides, message):
     with pytest.raises(RsdError, match=message):
         loop.load_models(_cfg(tmp_path, registry=str(tiny_registry), **overrides))
+
+
+@pytest.mark.parametrize("path", ["configs/eval_libero_spatial.yaml", "configs/eval_libero_spatial_cpu.yaml"])
+def test_shipped_configs_parse_and_validate(path):
+    from pathlib import Path
+
+    cfg = loop.parse_config(["--config", str(Path(__file__).parent.parent / path)])
+    loop.validate_config(cfg)
+    assert cfg.modes == ["l1", "parallel", "ar", "speculative"] and cfg.draft == "draft@best"
