@@ -1,0 +1,218 @@
+"""`python -m rsd_pl collect`: scripted-expert demonstrations into LIBERO-format HDF5.
+
+One file per task, `<out>/<task_name>_demo.hdf5`, as the official datasets. Only successful episodes
+are kept; each demo stores its benchmark init-state index. Worker processes (spawn, one env each)
+run the episodes and send the arrays back; only this process writes. A rerun skips the init states
+already in the file and collects the rest; a file with another schema (other cameras, image size or
+task) or a corrupted one is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from jsonargparse import ArgumentParser, set_parsing_settings
+from tqdm import tqdm
+
+from rsd_pl.data.libero_hdf5 import DemoWriter
+from rsd_pl.envs import (
+    CAMERAS,
+    LiberoEnv,
+    check_index,
+    env_kwargs,
+    num_init_states,
+    parse_index_list,
+    suite_spec,
+    task_info,
+)
+from rsd_pl.errors import RsdError
+from rsd_pl.experts.rollout import ExpertEpisode, run_expert_episode
+
+
+@dataclass
+class CollectConfig:
+    """Collect scripted-expert demonstrations into LIBERO-format HDF5 files."""
+
+    suite: str = "libero_spatial"
+    """LIBERO suite: libero_spatial, libero_object, libero_goal, libero_10 or libero_90."""
+    tasks: str = "0-9"
+    """Task ids, e.g. '0-9' or '0,1'."""
+    episodes: int = 50
+    """Successful demos wanted per task (one per benchmark init state, tried in order)."""
+    init_states: str | None = None
+    """Init-state indices to try, e.g. '0-49' (default: all of the task's, in order)."""
+    out: str = "data/libero_spatial"
+    """Output directory; one <task_name>_demo.hdf5 per task."""
+    image_size: int = 128
+    """Side of the rendered camera images (pixels)."""
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "eye_in_hand"])
+    """Cameras to render: agentview, eye_in_hand."""
+    workers: int = 1
+    """Worker processes (one env each). 1 runs in this process."""
+    max_steps: int | None = None
+    """Policy steps per episode (default: the suite's); a timeout is a failure, not kept."""
+    seed: int = 0
+    """Env seed."""
+
+    def validate(self) -> None:
+        suite_spec(self.suite)
+        unknown = [c for c in self.cameras if c not in CAMERAS]
+        if unknown or not self.cameras:
+            raise RsdError(f"--cameras {self.cameras}: use one or more of {', '.join(CAMERAS)}")
+        for name in ("episodes", "image_size", "workers"):
+            if getattr(self, name) < 1:
+                raise RsdError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: str
+    task_id: int
+    init_state_index: int
+    image_size: int
+    cameras: tuple[str, ...]
+    max_steps: int | None
+    seed: int
+
+
+# --- worker side -----------------------------------------------------------------------------
+_WORKER_ENV: dict[tuple, LiberoEnv] = {}
+
+
+def run_job(job: Job) -> ExpertEpisode:
+    """Run one recorded expert episode, reusing this process's env when the task is the same."""
+    key = (job.suite, job.task_id, job.image_size, job.cameras, job.seed)
+    if key not in _WORKER_ENV:
+        for env in _WORKER_ENV.values():
+            env.close()
+        _WORKER_ENV.clear()
+        _WORKER_ENV[key] = LiberoEnv(job.suite, job.task_id, camera_size=job.image_size, cameras=job.cameras,
+                                     seed=job.seed)
+    return run_expert_episode(_WORKER_ENV[key], job.init_state_index, job.max_steps, record=True)
+
+
+# --- parent side -----------------------------------------------------------------------------
+def demo_path(out: str | Path, task_name: str) -> Path:
+    return Path(out) / f"{task_name}_demo.hdf5"
+
+
+def open_writer(cfg: CollectConfig, task_id: int) -> DemoWriter:
+    """The task's DemoWriter (not yet entered); its header is what a rerun must match."""
+    info = task_info(cfg.suite, task_id)
+    kwargs = env_kwargs(cfg.image_size, cfg.cameras)
+    env_args = {"type": 1, "env_name": info.problem_name, "problem_name": info.problem_name,
+                "bddl_file": info.bddl_relpath, "env_kwargs": kwargs}
+    return DemoWriter(demo_path(cfg.out, info.name), env_name=info.problem_name,
+                      problem_info={"language_instruction": info.instruction, "problem_name": info.problem_name,
+                                    "suite": cfg.suite, "task_id": task_id},
+                      bddl_file_name=info.bddl_relpath, env_args=env_args)
+
+
+def pending_init_states(init_states: str | None, done: set[int], count: int, where: str) -> list[int]:
+    """Init states still to try, in order, excluding those already in the file (`count` available)."""
+    wanted = parse_index_list(init_states) if init_states is not None else list(range(count))
+    return [check_index(f"init state index for {where}", i, count) for i in wanted if i not in done]
+
+
+def _run_jobs(jobs: list[Job], needed: int, submit: Callable[[Job], Future]) -> Iterator[ExpertEpisode]:
+    """Keep `workers` jobs in flight; yield episodes until `needed` successes or no jobs are left."""
+    queue, running, successes = list(jobs), set(), 0
+    width = getattr(submit, "width", 1)
+    while (queue or running) and successes < needed:
+        while queue and len(running) < width and successes + len(running) < needed:
+            running.add(submit(queue.pop(0)))
+        finished, running = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            episode = future.result()
+            successes += episode.success
+            yield episode
+    for future in running:
+        future.cancel()
+
+
+def collect_task(cfg: CollectConfig, task_id: int, submit, progress: tqdm) -> tuple[int, int]:
+    """Collect the missing demos of one task. Returns (new demos, failed episodes)."""
+    with open_writer(cfg, task_id) as writer:
+        done = {int(a["init_state_index"]) for a in writer.existing_demos() if "init_state_index" in a}
+        progress.update(min(len(done), cfg.episodes))
+        needed = cfg.episodes - len(done)
+        if needed <= 0:
+            return 0, 0
+        count = num_init_states(cfg.suite, task_id)
+        jobs = [Job(cfg.suite, task_id, i, cfg.image_size, tuple(cfg.cameras), cfg.max_steps, cfg.seed)
+                for i in pending_init_states(cfg.init_states, done, count, f"{cfg.suite} task {task_id}")]
+        added = failed = 0
+        for episode in _run_jobs(jobs, needed, submit):
+            if not episode.success:
+                failed += 1
+                progress.set_postfix(task=task_id, failed=failed)
+                continue
+            writer.add_demo(actions=episode.actions, states=episode.states, robot_states=episode.robot_states,
+                            rewards=_rewards(episode), dones=_rewards(episode).astype("uint8"), obs=episode.obs,
+                            attrs={"init_state_index": episode.init_state_index, "expert": "pick_place"})
+            added += 1
+            progress.update(1)
+        return added, failed
+
+
+def _rewards(episode: ExpertEpisode) -> np.ndarray:
+    rewards = np.zeros(episode.steps, dtype=np.float64)
+    rewards[-1] = 1.0  # the last action made the env report success
+    return rewards
+
+
+def build_parser() -> ArgumentParser:
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings -> --help
+    parser = ArgumentParser(prog="python -m rsd_pl collect", description=CollectConfig.__doc__)
+    parser.add_class_arguments(CollectConfig, nested_key=None, as_positional=False)
+    return parser
+
+
+def _make_submit(cfg: CollectConfig, pool: ProcessPoolExecutor | None):
+    if pool is None:
+        def submit(job: Job) -> Future:
+            future: Future = Future()
+            future.set_result(run_job(job))
+            return future
+    else:
+        def submit(job: Job) -> Future:
+            return pool.submit(run_job, job)
+    submit.width = cfg.workers
+    return submit
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    cfg = CollectConfig(**vars(parser.parse_args(argv)))
+    cfg.validate()
+    spec = suite_spec(cfg.suite)
+    tasks = [check_index(f"task id for {spec.name}", t, spec.num_tasks) for t in parse_index_list(cfg.tasks)]
+    for task_id in tasks:  # index, schema and corruption checks before any simulation
+        where = f"{cfg.suite} task {task_id}"
+        pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
+        with open_writer(cfg, task_id):
+            pass
+    start, summary = time.time(), []
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+            if cfg.workers > 1 else None)
+    try:
+        with tqdm(total=cfg.episodes * len(tasks), desc=f"collect {cfg.suite}", unit="demo") as progress:
+            submit = _make_submit(cfg, pool)
+            for task_id in tasks:
+                summary.append((task_id, *collect_task(cfg, task_id, submit, progress)))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    minutes = (time.time() - start) / 60
+    episodes = sum(added + failed for _, added, failed in summary)
+    for task_id, added, failed in summary:
+        print(f"{cfg.suite} task {task_id}: +{added} demos, {failed} failed episodes")
+    print(f"{episodes} episodes in {minutes:.2f} min ({episodes / max(minutes, 1e-9):.2f} episodes/min), "
+          f"files in {cfg.out}")
+    return 0

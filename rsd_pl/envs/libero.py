@@ -1,0 +1,221 @@
+"""One LIBERO environment for (suite, task, init state, seed), and its observation conversion.
+
+LIBERO and robosuite are imported inside `LiberoEnv.__init__` only, so `import rsd_pl.envs` stays
+cheap. Rendering uses `MUJOCO_GL=egl` (CPU Mesa) unless the caller set something else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rsd_pl.data.obs import preprocess_images, proprio_from_raw, quat_to_axis_angle
+from rsd_pl.envs.suites import WAIT_ACTION, WAIT_STEPS, check_index, suite_spec
+from rsd_pl.errors import RsdError
+
+# our camera name -> (robosuite camera, HDF5 obs key as in the official datasets)
+CAMERAS: dict[str, tuple[str, str]] = {
+    "agentview": ("agentview", "agentview_rgb"),
+    "eye_in_hand": ("robot0_eye_in_hand", "eye_in_hand_rgb"),
+}
+_GL_NOTICE_SHOWN = False
+
+
+def ensure_mujoco_gl() -> None:
+    """Set MUJOCO_GL=egl when unset (CPU rendering via Mesa) and say so once per process."""
+    global _GL_NOTICE_SHOWN
+    if "MUJOCO_GL" not in os.environ:
+        os.environ["MUJOCO_GL"] = "egl"
+        if not _GL_NOTICE_SHOWN:
+            print("[rsd_pl.envs] MUJOCO_GL was unset: using MUJOCO_GL=egl", file=sys.stderr)
+            _GL_NOTICE_SHOWN = True
+
+
+def _benchmark(suite: str):
+    from libero.libero import benchmark
+
+    return benchmark.get_benchmark_dict()[suite]()
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What names a LIBERO task, without building its env."""
+
+    suite: str
+    task_id: int
+    name: str
+    instruction: str
+    bddl_file: str            # absolute path of the installed BDDL file
+    bddl_relpath: str         # "<suite folder>/<file>.bddl", portable across installs
+    problem_name: str
+
+
+def task_info(suite: str, task_id: int) -> TaskInfo:
+    """The task's name, instruction and BDDL file (RsdError for an unknown suite or task id)."""
+    spec = suite_spec(suite)
+    check_index(f"task id for {suite}", task_id, spec.num_tasks)
+    ensure_mujoco_gl()
+    from libero.libero import get_libero_path
+    from libero.libero.envs.bddl_utils import get_problem_info
+
+    task = _benchmark(suite).get_task(task_id)
+    relpath = os.path.join(task.problem_folder, task.bddl_file)
+    bddl_file = os.path.join(get_libero_path("bddl_files"), relpath)
+    return TaskInfo(suite, task_id, task.name, task.language, bddl_file, relpath,
+                    get_problem_info(bddl_file)["problem_name"])
+
+
+def num_init_states(suite: str, task_id: int) -> int:
+    """How many benchmark init states the task ships (50 for the benchmark suites)."""
+    spec = suite_spec(suite)
+    check_index(f"task id for {suite}", task_id, spec.num_tasks)
+    ensure_mujoco_gl()
+    return len(_benchmark(suite).get_task_init_states(task_id))
+
+
+def env_kwargs(camera_size: int | None, cameras: Sequence[str]) -> dict:
+    """The robosuite keyword arguments of a LiberoEnv (stored in demo files as `env_args`)."""
+    names = [CAMERAS[c][0] for c in cameras] if camera_size is not None else []
+    kwargs = {"controller": "OSC_POSE", "control_freq": 20, "hard_reset": False, "camera_names": names,
+              "has_offscreen_renderer": bool(names), "use_camera_obs": bool(names)}
+    if names:
+        kwargs.update(camera_heights=camera_size, camera_widths=camera_size)
+    return kwargs
+
+
+class LiberoEnv:
+    """A LIBERO task env with the benchmark's init states (`hard_reset=False`).
+
+    `camera_size=None` turns rendering off entirely (no offscreen renderer): images are then absent.
+    """
+
+    def __init__(self, suite: str, task_id: int, *, camera_size: int | None = 128,
+                 cameras: Sequence[str] = ("agentview", "eye_in_hand"), seed: int = 0) -> None:
+        spec = suite_spec(suite)
+        check_index(f"task id for {suite}", task_id, spec.num_tasks)
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown:
+            raise RsdError(f"unknown camera(s) {unknown}; valid: {', '.join(CAMERAS)}")
+        if camera_size is not None and camera_size <= 0:
+            raise RsdError(f"camera_size must be a positive int or None, got {camera_size}")
+        ensure_mujoco_gl()
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        self.info = info = task_info(suite, task_id)
+        self.suite, self.task_id, self.max_steps = suite, task_id, spec.max_steps
+        self.task_name, self.instruction, self.bddl_file = info.name, info.instruction, info.bddl_file
+        self.init_states = _benchmark(suite).get_task_init_states(task_id)  # (num_init_states, S)
+        self.cameras = tuple(cameras) if camera_size is not None else ()
+        self.camera_size = camera_size
+        self.env_args = env_kwargs(camera_size, self.cameras)
+        self._env = ControlEnv(bddl_file_name=self.bddl_file, **self.env_args)
+        self._env.seed(seed)
+        self.goal: list[list[str]] = [list(g) for g in self._env.env.parsed_problem["goal_state"]]
+
+    # --- facts -------------------------------------------------------------------------------
+    @property
+    def num_init_states(self) -> int:
+        return len(self.init_states)
+
+    @property
+    def camera_keys(self) -> tuple[str, ...]:
+        return tuple(CAMERAS[c][1] for c in self.cameras)
+
+    @property
+    def raw(self):
+        """The robosuite env underneath (`env.raw.sim`, `env.raw.parsed_problem`, ...)."""
+        return self._env.env
+
+    @property
+    def problem_info(self) -> dict:
+        return {"language_instruction": self.instruction, "problem_name": self._env.problem_name,
+                "domain_name": self._env.domain_name}
+
+    # --- episode -----------------------------------------------------------------------------
+    def reset(self, init_state_index: int, wait: bool = True) -> dict:
+        """Load benchmark init state `init_state_index`; with `wait`, run WAIT_STEPS no-op steps."""
+        check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
+                    self.num_init_states)
+        self._env.reset()
+        obs = self._env.set_init_state(self.init_states[init_state_index])
+        for _ in range(WAIT_STEPS if wait else 0):
+            obs, _, _, _ = self._env.step(WAIT_ACTION.copy())
+        return obs
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
+        """One env step with a 7-D action in [-1, 1] (OSC_POSE deltas, gripper -1 open / +1 close)."""
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (7,):
+            raise ValueError(f"expected a 7-D action, got shape {action.shape}")
+        return self._env.step(action)
+
+    def success(self) -> bool:
+        """The env's own success check (all goal predicates hold)."""
+        return bool(self._env.check_success())
+
+    def sim_state(self) -> np.ndarray:
+        return np.asarray(self._env.get_sim_state(), dtype=np.float64)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> LiberoEnv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- privileged state --------------------------------------------------------------------
+    def goal_pair(self) -> tuple[str, str]:
+        """(object, target) of the first binary goal predicate, e.g. ('akita_black_bowl_1', 'plate_1')."""
+        for predicate in self.goal:
+            if len(predicate) == 3:
+                return predicate[1], predicate[2]
+        raise RsdError(f"{self.task_name}: goal {self.goal} has no (object, target) predicate")
+
+    def entity_pos(self, name: str) -> np.ndarray:
+        """World xyz of an object/fixture body or a region site named in the BDDL."""
+        raw = self.raw
+        if name in raw.obj_body_id:
+            return np.array(raw.sim.data.body_xpos[raw.obj_body_id[name]], dtype=np.float64)
+        if name in raw.object_sites_dict:
+            site_id = raw.sim.model.site_name2id(raw.object_sites_dict[name].name)
+            return np.array(raw.sim.data.site_xpos[site_id], dtype=np.float64)
+        raise RsdError(f"{self.task_name}: no object, fixture or region named {name!r} in the scene")
+
+    def object_pos(self) -> np.ndarray:
+        """(6,) float32: world xyz of the goal's object, then of its target."""
+        obj, target = self.goal_pair()
+        return np.concatenate([self.entity_pos(obj), self.entity_pos(target)]).astype(np.float32)
+
+    # --- observation conversion --------------------------------------------------------------
+    def record(self, obs: dict) -> dict[str, np.ndarray]:
+        """One step of the HDF5 `obs` group, raw (images upside down as rendered)."""
+        ee_pos = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        ee_ori = quat_to_axis_angle(obs["robot0_eef_quat"]).astype(np.float64)
+        out = {CAMERAS[c][1]: np.asarray(obs[f"{CAMERAS[c][0]}_image"], dtype=np.uint8) for c in self.cameras}
+        out.update(ee_pos=ee_pos, ee_ori=ee_ori, ee_states=np.concatenate([ee_pos, ee_ori]),
+                   gripper_states=np.asarray(obs["robot0_gripper_qpos"], dtype=np.float64),
+                   joint_states=np.asarray(obs["robot0_joint_pos"], dtype=np.float64),
+                   object_pos=self.object_pos())
+        return out
+
+    def robot_state(self, obs: dict) -> np.ndarray:
+        """(9,) as upstream's create_dataset.py: gripper qpos (2), eef pos (3), eef quat (4)."""
+        return np.concatenate([obs["robot0_gripper_qpos"], obs["robot0_eef_pos"], obs["robot0_eef_quat"]])
+
+    def batch(self, obs: dict, image_size: int) -> dict:
+        """The model batch of docs/contracts.md with B = 1 (images upright, 8-D proprio)."""
+        proprio = proprio_from_raw(obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"])
+        batch = {"proprio": torch.from_numpy(proprio)[None],                      # (1, 8)
+                 "object_pos": torch.from_numpy(self.object_pos())[None],         # (1, 6)
+                 "instruction": [self.instruction]}
+        if self.cameras:
+            frames = np.stack([obs[f"{CAMERAS[c][0]}_image"] for c in self.cameras])  # (V, S0, S0, 3)
+            batch["images"] = preprocess_images(frames, image_size)[None]             # (1, V, 3, S, S)
+        return batch

@@ -1,0 +1,148 @@
+"""A waypoint pick-and-place expert for LIBERO goals `on(X, Y)` / `in(X, Y)`.
+
+It reads the object and target shapes from the simulator (privileged) and the goal from the task's
+parsed BDDL, then drives the gripper through fixed phases with a proportional OSC_POSE controller:
+
+    1 above   gripper open, yawed for the grasp, `clearance` above the grasp point
+    2 descend to the grasp point
+    3 close   for `close_steps` steps
+    4 lift    to the carry height
+    5 carry   over the target (keeping the object-in-hand offset measured after the grasp)
+    6 lower   until the object's bottom is `release_gap` above the target's top
+    7 release open the gripper, then rise
+
+Objects wider than the gripper opening (bowls) are grasped by the rim, `rim_offset` along +x of the
+object's centre with the fingers closing along x (the recipe of DESIGN.md section 7); others at
+their centre, fingers closing across their narrowest horizontal side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsd_pl.experts.geometry import Extent, gripper_down, pose_action, quat_to_matrix, yaw_to_close_along
+from rsd_pl.experts.scene import body_extent
+
+GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
+SUPPORTED_PREDICATES = ("on", "in")
+
+
+@dataclass
+class ExpertConfig:
+    """Waypoint parameters (metres, steps)."""
+
+    max_grip_width: float = 0.075   # wider objects are grasped by the rim
+    rim_offset: float = 0.047       # rim grasp point along +x of the object's centre
+    rim_depth: float = 0.025        # rim grasp below the object's top
+    grasp_depth: float = 0.03       # centre grasp below the object's top (not below bottom + 1 cm)
+    clearance: float = 0.08         # approach height above the grasp point
+    carry_gap: float = 0.08         # object bottom above the target top while carrying
+    lift: float = 0.15              # minimum lift above the grasp point
+    release_gap: float = 0.015      # object bottom above the target top at release
+    close_steps: int = 12
+    release_steps: int = 8
+    pos_tol: float = 0.008
+    phase_limit: int = 60           # steps before a phase gives up waiting and moves on
+
+
+class PickPlaceExpert:
+    """`reset(env)` once per episode (after the wait steps), then `act(obs)` every step."""
+
+    def __init__(self, config: ExpertConfig | None = None) -> None:
+        self.config = config or ExpertConfig()
+
+    def reset(self, env) -> None:
+        predicate = next((g for g in env.goal if len(g) == 3), None)
+        if predicate is None or predicate[0] not in SUPPORTED_PREDICATES:
+            raise ValueError(f"{env.task_name}: goal {env.goal} is not a pick-and-place goal")
+        self.env, self.object_name, self.target_name = env, predicate[1], predicate[2]
+        raw = env.raw
+        self.object_body = raw.obj_body_id[self.object_name]
+        self.target_body = self._target_body(raw, self.target_name)
+        self.phase, self.phase_steps = "above", 0
+        self.grasp_offset: np.ndarray | None = None  # eef - object centre, measured after closing
+        start = body_extent(raw.sim, self.object_body)
+        self.rim = start.major_width > self.config.max_grip_width
+        self.yaw = math.pi / 2 if self.rim else yaw_to_close_along(start.minor_axis)
+
+    @staticmethod
+    def _target_body(raw, name: str) -> int:
+        if name in raw.obj_body_id:
+            return raw.obj_body_id[name]
+        site = raw.object_sites_dict.get(name)
+        if site is None or site.parent_name not in raw.obj_body_id:
+            raise ValueError(f"target {name!r} is neither an object nor a region of one")
+        return raw.obj_body_id[site.parent_name]
+
+    # --- waypoints ---------------------------------------------------------------------------
+    def _object(self) -> Extent:
+        return body_extent(self.env.raw.sim, self.object_body)
+
+    def _grasp_point(self, obj: Extent) -> np.ndarray:
+        cfg = self.config
+        if self.rim:
+            return np.array([obj.center[0] + cfg.rim_offset, obj.center[1], obj.top - cfg.rim_depth])
+        z = max(obj.top - cfg.grasp_depth, obj.bottom + 0.01)
+        return np.array([obj.center[0], obj.center[1], z])
+
+    def _place_point(self, eef: np.ndarray, obj: Extent, gap: float) -> np.ndarray:
+        """Eef position that puts the object's centre over the target, its bottom `gap` above it."""
+        target = body_extent(self.env.raw.sim, self.target_body)
+        target_xy = self.env.entity_pos(self.target_name)[:2]
+        eef_above_bottom = eef[2] - obj.bottom
+        offset_xy = eef[:2] - obj.center[:2]
+        return np.array([*(target_xy + offset_xy), target.top + gap + eef_above_bottom])
+
+    def _waypoint(self, eef: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(target eef position, gripper command, max speed) of the current phase."""
+        cfg, obj = self.config, self._object()
+        if self.phase in ("above", "descend"):
+            grasp = self._grasp_point(obj)
+            lift = cfg.clearance if self.phase == "above" else 0.0
+            return grasp + [0, 0, lift], GRIPPER_OPEN, 1.0 if self.phase == "above" else 0.5
+        if self.phase == "close":
+            return eef, GRIPPER_CLOSE, 0.0
+        carry = self._place_point(eef, obj, cfg.carry_gap)
+        carry[2] = max(carry[2], self.grasp_z + cfg.lift)
+        if self.phase == "lift":
+            return np.array([eef[0], eef[1], carry[2]]), GRIPPER_CLOSE, 1.0
+        if self.phase == "carry":
+            return carry, GRIPPER_CLOSE, 1.0
+        if self.phase == "lower":
+            return self._place_point(eef, obj, cfg.release_gap), GRIPPER_CLOSE, 0.5
+        if self.phase == "release":
+            return eef, GRIPPER_OPEN, 0.0
+        return eef + [0, 0, 0.05], GRIPPER_OPEN, 0.5  # "retreat"
+
+    def _advance(self, eef: np.ndarray, target: np.ndarray) -> None:
+        cfg = self.config
+        self.phase_steps += 1
+        reached = np.linalg.norm(target - eef) < cfg.pos_tol
+        timed_out = self.phase_steps >= cfg.phase_limit
+        order = ["above", "descend", "close", "lift", "carry", "lower", "release", "retreat"]
+        if self.phase == "close":
+            done = self.phase_steps >= cfg.close_steps
+        elif self.phase == "release":
+            done = self.phase_steps >= cfg.release_steps
+        elif self.phase == "retreat":
+            done = False
+        elif self.phase == "carry":
+            done = np.linalg.norm((target - eef)[:2]) < 2 * cfg.pos_tol or timed_out
+        else:
+            done = reached or timed_out
+        if done:
+            if self.phase == "descend":
+                self.grasp_z = float(eef[2])
+            self.phase, self.phase_steps = order[order.index(self.phase) + 1], 0
+
+    def act(self, obs: dict) -> np.ndarray:
+        """The next env action (7,) in [-1, 1]."""
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        rot = quat_to_matrix(obs["robot0_eef_quat"])
+        target, gripper, speed = self._waypoint(eef)
+        action = pose_action(eef, rot, target, gripper_down(self.yaw), gripper, max_speed=max(speed, 1e-6))
+        self._advance(eef, target)
+        return action

@@ -1,0 +1,54 @@
+"""Run the scripted expert for one episode and keep what a demo file stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rsd_pl.experts.pick_place import PickPlaceExpert
+
+
+@dataclass
+class ExpertEpisode:
+    """One expert rollout. Arrays have one row per env step (N = steps taken)."""
+
+    init_state_index: int
+    success: bool
+    steps: int
+    actions: np.ndarray                        # (N, 7) float64
+    states: np.ndarray | None = None           # (N, S) MuJoCo states before each action
+    robot_states: np.ndarray | None = None     # (N, 9)
+    obs: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (N, ...), see LiberoEnv.record
+
+
+def run_expert_episode(env, init_state_index: int, max_steps: int | None = None, record: bool = False,
+                       expert: PickPlaceExpert | None = None) -> ExpertEpisode:
+    """Reset `env` to an init state (with the wait steps), let the expert act until the env reports
+    success or `max_steps` (default: the suite's) run out. A timeout is a failure.
+
+    With `record`, keeps for every step the observation and state *before* the action, as upstream
+    LIBERO's demo files do.
+    """
+    expert = expert or PickPlaceExpert()
+    max_steps = env.max_steps if max_steps is None else max_steps
+    obs = env.reset(init_state_index)
+    expert.reset(env)
+    actions, states, robot_states, records = [], [], [], []
+    success = False
+    for _ in range(max_steps):
+        action = expert.act(obs)
+        if record:
+            states.append(env.sim_state())
+            robot_states.append(env.robot_state(obs))
+            records.append(env.record(obs))
+        actions.append(action.astype(np.float64))
+        obs, _, _, _ = env.step(action)
+        if env.success():
+            success = True
+            break
+    episode = ExpertEpisode(init_state_index, success, len(actions), np.stack(actions))
+    if record:
+        episode.states, episode.robot_states = np.stack(states), np.stack(robot_states)
+        episode.obs = {key: np.stack([r[key] for r in records]) for key in records[0]}
+    return episode

@@ -1,0 +1,58 @@
+"""Reading object shapes from the MuJoCo model of a LIBERO scene (privileged, for experts)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rsd_pl.experts.geometry import Extent, extent_of
+
+_BOX, _MESH, _CYLINDER, _SPHERE = 6, 7, 5, 2  # mujoco mjtGeom values
+
+
+def _subtree(model, root: int) -> set[int]:
+    bodies = {root}
+    for body in range(model.nbody):  # parents have lower ids than children in MuJoCo
+        if int(model.body_parentid[body]) in bodies and body != 0:
+            bodies.add(body)
+    return bodies
+
+
+def _local_points(model, geom: int) -> np.ndarray:
+    """(P, 3) points of one geom in its own frame (mesh vertices or box/cylinder corners)."""
+    kind, size = int(model.geom_type[geom]), np.asarray(model.geom_size[geom])
+    if kind == _MESH:
+        mesh = int(model.geom_dataid[geom])
+        start, count = int(model.mesh_vertadr[mesh]), int(model.mesh_vertnum[mesh])
+        return np.asarray(model.mesh_vert[start:start + count], dtype=np.float64)
+    if kind == _BOX:
+        half = size
+    elif kind == _CYLINDER:
+        half = np.array([size[0], size[0], size[1]])
+    elif kind == _SPHERE:
+        half = np.array([size[0]] * 3)
+    else:
+        return np.zeros((1, 3))
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+    return signs * half
+
+
+def body_points(sim, body_id: int, collision_only: bool = True) -> np.ndarray:
+    """(P, 3) world points of the geoms of a body and its descendants."""
+    model, data = sim.model, sim.data
+    bodies = _subtree(model, body_id)
+    points = []
+    for geom in range(model.ngeom):
+        if int(model.geom_bodyid[geom]) not in bodies:
+            continue
+        if collision_only and int(model.geom_contype[geom]) == 0 and int(model.geom_conaffinity[geom]) == 0:
+            continue
+        local = _local_points(model, geom)
+        rot = np.asarray(data.geom_xmat[geom]).reshape(3, 3)
+        points.append(local @ rot.T + np.asarray(data.geom_xpos[geom]))
+    if not points:
+        raise ValueError(f"body {model.body_id2name(body_id)!r} has no geoms")
+    return np.concatenate(points)
+
+
+def body_extent(sim, body_id: int) -> Extent:
+    return extent_of(body_points(sim, body_id))
