@@ -378,9 +378,12 @@ def _key_metrics(art: Artifact, best_metric: str | None, limit: int = 3) -> str:
     return shown + (f" (+{hidden})" if hidden > 0 else "")
 
 
-def _lineage_summary(art: Artifact) -> str:
-    parts = [f"{k}={_short(v)}" for k, v in sorted(art.lineage.items()) if not isinstance(v, dict | list)]
-    return " ".join(part if len(part) <= 40 else part[:37] + "..." for part in parts)
+def _lineage_summary(art: Artifact, width: int = 40) -> str:
+    """Short scalar lineage entries (data fingerprint, parent specs); `show` prints all of it."""
+    parts = [f"{k}={_short(v)}" for k, v in sorted(art.lineage.items()) if v is not None]
+    shown = [part for part in parts if len(part) <= width]
+    hidden = len(parts) - len(shown)
+    return " ".join(shown) + (f" (+{hidden})" if hidden else "")
 
 
 def format_table(registry: Registry, name: str | None = None) -> str:
