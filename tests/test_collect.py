@@ -1,0 +1,115 @@
+"""`collect`: argument validation and job scheduling (no LIBERO), then one real demo, resume, bad input."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from rsd_pl.collect import CollectConfig, Job, _run_jobs, main, pending_init_states
+from rsd_pl.data.libero_hdf5 import read_episodes, validate_file
+from rsd_pl.errors import RsdError
+from rsd_pl.experts.rollout import ExpertEpisode
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("cameras", ["wristcam"], "--cameras"), ("episodes", 0, "--episodes"), ("workers", 0, "--workers"),
+    ("suite", "libero_100x", "unknown LIBERO suite")])
+def test_config_validation(field, value, match):
+    cfg = CollectConfig(**{field: value})
+    with pytest.raises(RsdError, match=match):
+        cfg.validate()
+
+
+def test_pending_init_states_skips_done_and_checks_range():
+    assert pending_init_states(None, {0, 2}, 5, "t") == [1, 3, 4]
+    assert pending_init_states("3-5", {4}, 50, "t") == [3, 5]
+    with pytest.raises(RsdError, match=r"init state index for t 50 out of range: valid are 0\.\.49"):
+        pending_init_states("48-50", set(), 50, "t")
+
+
+def _fake_submit(outcomes: dict[int, bool], width: int, calls: list[int]):
+    def submit(job: Job) -> Future:
+        calls.append(job.init_state_index)
+        future: Future = Future()
+        future.set_result(ExpertEpisode(job.init_state_index, outcomes[job.init_state_index], 1, np.zeros((1, 7))))
+        return future
+    submit.width = width
+    return submit
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_run_jobs_stops_at_the_needed_successes(width):
+    outcomes = {0: True, 1: False, 2: True, 3: True, 4: True}
+    jobs = [Job("libero_spatial", 0, i, 64, ("agentview",), None, 0) for i in outcomes]
+    calls: list[int] = []
+    episodes = list(_run_jobs(jobs, 2, _fake_submit(outcomes, width, calls)))
+    assert [e.init_state_index for e in episodes if e.success] == [0, 2]
+    assert calls == [0, 1, 2]   # never more in flight than the successes still missing
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return ["--suite", "libero_spatial", "--tasks", "0", "--episodes", "1", "--out", str(out),
+            "--image_size", "64", *extra]
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect")
+    assert main(_args(out)) == 0
+    (path,) = sorted(out.glob("*_demo.hdf5"))
+    return out, path
+
+
+@pytest.mark.libero
+def test_collect_writes_a_readable_libero_file(collected):
+    out, path = collected
+    assert path.name == "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate_demo.hdf5"
+    validate_file(path)
+    (episode,) = read_episodes(path)
+    steps = len(episode)
+    assert episode.images["agentview_rgb"].shape == (steps, 64, 64, 3)
+    assert episode.images["eye_in_hand_rgb"].shape == (steps, 64, 64, 3)
+    assert episode.proprio.shape == (steps, 8) and episode.object_pos.shape == (steps, 6)
+    assert episode.attrs["init_state_index"] == 0 and episode.instruction.startswith("pick up the black bowl")
+    with h5py.File(path) as f:
+        demo = f["data/demo_0"]
+        assert demo["states"].shape[0] == steps and demo["robot_states"].shape == (steps, 9)
+        assert demo["rewards"][-1] == 1 and demo["dones"][-1] == 1
+
+
+@pytest.mark.libero
+def test_rerun_keeps_finished_demos(collected, capsys):
+    out, path = collected
+    before = path.stat().st_mtime_ns, len(read_episodes(path))
+    assert main(_args(out)) == 0
+    assert "+0 demos, 0 failed" in capsys.readouterr().out
+    assert len(read_episodes(path)) == before[1]
+
+
+@pytest.mark.libero
+def test_other_schema_or_corrupted_file_is_refused(collected, tmp_path):
+    out, path = collected
+    size = path.stat().st_size
+    with pytest.raises(RsdError, match="different env_args"):
+        main(_args(out, "--image_size", "32"))
+    with pytest.raises(RsdError, match="different env_args"):
+        main(_args(out, "--cameras", "[agentview]"))
+    assert path.stat().st_size == size and len(read_episodes(path)) == 1
+    broken = tmp_path / path.name
+    broken.write_bytes(path.read_bytes()[: size // 3])
+    with pytest.raises(RsdError, match="corrupted or partial"):
+        main(_args(tmp_path))
+    assert broken.stat().st_size == size // 3
+
+
+@pytest.mark.libero
+def test_bad_task_or_init_state_is_an_error_before_simulating(tmp_path):
+    with pytest.raises(RsdError, match=r"task id for libero_spatial 12 out of range"):
+        main(["--tasks", "12", "--out", str(tmp_path)])
+    with pytest.raises(RsdError, match=r"init state index .* 60 out of range: valid are 0\.\.49"):
+        main(["--tasks", "0", "--init_states", "58-60", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

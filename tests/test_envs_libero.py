@@ -1,0 +1,79 @@
+"""Real LIBERO: one env with rendering on, observation shapes, expert success, timeout, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsd_pl.envs import WAIT_ACTION, LiberoEnv
+from rsd_pl.errors import RsdError
+from rsd_pl.experts import run_expert_episode
+
+pytestmark = pytest.mark.libero
+
+
+@pytest.fixture(scope="module")
+def camera_env():
+    with LiberoEnv("libero_spatial", 0, camera_size=32) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def blind_env():
+    with LiberoEnv("libero_spatial", 0, camera_size=None) as env:
+        yield env
+
+
+def test_env_facts(camera_env):
+    assert camera_env.goal == [["on", "akita_black_bowl_1", "plate_1"]]
+    assert camera_env.instruction.startswith("pick up the black bowl")
+    assert camera_env.num_init_states == 50 and camera_env.max_steps == 220
+    assert camera_env.camera_keys == ("agentview_rgb", "eye_in_hand_rgb")
+
+
+def test_stepping_and_observation_shapes(camera_env):
+    obs = camera_env.reset(3)
+    before = camera_env.record(obs)
+    for _ in range(20):
+        obs, _, _, _ = camera_env.step(np.array([0, 0, 0.5, 0, 0, 0, -1.0]))  # move up
+    record = camera_env.record(obs)
+    assert record["agentview_rgb"].shape == (32, 32, 3) and record["agentview_rgb"].dtype == np.uint8
+    assert record["eye_in_hand_rgb"].shape == (32, 32, 3)
+    shapes = {k: v.shape for k, v in record.items() if not k.endswith("_rgb")}
+    assert shapes == {"ee_pos": (3,), "ee_ori": (3,), "ee_states": (6,), "gripper_states": (2,),
+                      "joint_states": (7,), "object_pos": (6,)}
+    assert record["ee_pos"][2] > before["ee_pos"][2] + 0.05          # the arm went up
+    np.testing.assert_allclose(record["object_pos"][:3], obs["akita_black_bowl_1_pos"], atol=1e-6)
+    np.testing.assert_allclose(record["object_pos"][3:], obs["plate_1_pos"], atol=1e-6)
+    batch = camera_env.batch(obs, image_size=24)
+    assert batch["images"].shape == (1, 2, 3, 24, 24) and batch["proprio"].shape == (1, 8)
+    assert batch["object_pos"].shape == (1, 6) and batch["instruction"] == [camera_env.instruction]
+    assert not camera_env.success()
+
+
+def test_expert_succeeds_and_env_reports_it(blind_env):
+    episode = run_expert_episode(blind_env, 0)
+    assert episode.success and blind_env.success()
+    assert 60 < episode.steps < blind_env.max_steps and episode.actions.shape == (episode.steps, 7)
+    assert np.abs(episode.actions).max() <= 1.0
+
+
+def test_timeout_is_a_failure(blind_env):
+    episode = run_expert_episode(blind_env, 0, max_steps=30)
+    assert not episode.success and episode.steps == 30 and not blind_env.success()
+
+
+def test_wait_steps_let_objects_settle(blind_env):
+    start = blind_env.reset(1, wait=False)["akita_black_bowl_1_pos"]
+    for _ in range(10):
+        obs, _, _, _ = blind_env.step(WAIT_ACTION)
+    assert start[2] - obs["akita_black_bowl_1_pos"][2] > 0.01   # init states drop objects a few cm
+
+
+def test_bad_task_and_init_index(blind_env):
+    with pytest.raises(RsdError, match=r"init state index .* 50 out of range: valid are 0\.\.49"):
+        blind_env.reset(50)
+    with pytest.raises(RsdError, match=r"task id for libero_spatial 10 out of range: valid are 0\.\.9"):
+        LiberoEnv("libero_spatial", 10, camera_size=None)
+    with pytest.raises(RsdError, match="unknown LIBERO suite"):
+        LiberoEnv("libero_nope", 0)
