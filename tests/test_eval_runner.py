@@ -33,11 +33,17 @@ class StubEnv:
     def success(self) -> bool:
         return self.succeed_at is not None and self.steps >= self.succeed_at
 
+    @property
+    def camera_keys(self) -> tuple[str, ...]:
+        return ("agentview_rgb", "eye_in_hand_rgb") if self.images else ()
+
+    def record(self, obs: dict) -> dict[str, np.ndarray]:
+        frame = np.zeros((12, 12, 3), dtype=np.uint8)
+        frame[-1, -1] = 200  # bottom-right as rendered = top-left once upright
+        return {"agentview_rgb": frame, "eye_in_hand_rgb": frame, "ee_pos": np.zeros(3)}
+
     def batch(self, obs: dict, image_size: int) -> dict:
-        batch = {"proprio": torch.zeros(1, 8), "instruction": [self.instruction]}
-        if self.images:
-            batch["images"] = torch.full((1, 2, 3, image_size, image_size), 0.5)
-        return batch
+        return {"proprio": torch.zeros(1, 8), "instruction": [self.instruction]}
 
 
 class StubPolicy:
@@ -118,8 +124,9 @@ def test_user_input_errors_propagate():
 
 def test_frames_recorded_only_when_asked_and_not_in_json():
     result = _run(StubEnv(succeed_at=3, images=True), StubPolicy(), record_frames=True)
-    assert len(result.frames) == 3 and result.frames[0].shape == (16, 32, 3)
-    assert result.frames[0].dtype == np.uint8 and result.frames[0][0, 0, 0] == 128
+    assert len(result.frames) == 3 and result.frames[0].shape == (12, 24, 3)  # two cameras side by side
+    assert result.frames[0].dtype == np.uint8
+    assert result.frames[0][0, 0, 0] == result.frames[0][0, 12, 0] == 200  # flipped upright
     assert "frames" not in result.to_json()
     assert _run(StubEnv(succeed_at=3, images=True), StubPolicy()).frames == []
 

@@ -37,11 +37,13 @@ class EpisodeEnv(Protocol):
     task_id: int
     task_name: str
     instruction: str
+    camera_keys: tuple[str, ...]
 
     def reset(self, init_state_index: int, wait: bool = True) -> dict: ...
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]: ...
     def success(self) -> bool: ...
     def batch(self, obs: dict, image_size: int) -> dict: ...
+    def record(self, obs: dict) -> dict[str, np.ndarray]: ...
 
 
 class EpisodePolicy(Protocol):
@@ -109,13 +111,12 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
     return action
 
 
-def _frame(batch: dict) -> np.ndarray | None:
-    from rsd_pl.eval.video import frame_from_images
-
-    images = batch.get("images")
-    if images is None:
+def _frame(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
+    """The rendered cameras at their render size, upright, side by side: uint8 [S, V*S, 3] (None: no cameras)."""
+    if not env.camera_keys:
         return None
-    return frame_from_images(images[0].detach().cpu().numpy())  # (V, 3, S, S) -> (S, V*S, 3)
+    record = env.record(obs)  # raw frames (S, S, 3), upside down as LIBERO renders them
+    return np.concatenate([np.ascontiguousarray(record[key][::-1, ::-1]) for key in env.camera_keys], axis=1)
 
 
 def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
@@ -124,9 +125,9 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
     policy.reset()  # empty action queue, fresh statistics
     obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
     for _ in range(max_steps):
-        batch = env.batch(obs, image_size=image_size)
-        if record_frames and (frame := _frame(batch)) is not None:
+        if record_frames and (frame := _frame(env, obs)) is not None:
             result.frames.append(frame)
+        batch = env.batch(obs, image_size=image_size)
         obs, _, _, _ = env.step(to_env_action(policy.select_action(batch)))
         result.steps += 1
         if env.success():

@@ -12,17 +12,6 @@ STATUS_COLOURS = {"success": (40, 200, 40), "timeout": (230, 60, 40), "error": (
 MIN_SIDE = 256  # frames are upscaled to at least this side so the text is readable
 
 
-def frame_from_images(images: np.ndarray) -> np.ndarray:
-    """One video frame from a policy observation's images.
-
-    images: float [V, 3, S, S] in [0, 1], upright (the observation contract) -> uint8 [S, V*S, 3],
-    cameras side by side.
-    """
-    frames = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)  # (V, 3, S, S)
-    frames = frames.transpose(0, 2, 3, 1)  # (V, S, S, 3)
-    return np.concatenate(list(frames), axis=1)  # (S, V*S, 3)
-
-
 def annotate(frame: np.ndarray, instruction: str, outcome: str, status: str) -> np.ndarray:
     """Upscale a uint8 [h, w, 3] frame and draw the instruction on top, the outcome at the bottom."""
     import cv2
