@@ -225,6 +225,8 @@ class EvalModule(L.LightningModule):
                              record_frames=item["record"])
         if result.frames:
             result.video = str(self._write_video(result))
+        if result.status == "error":
+            self._close_env()  # the simulator may be left in a bad state: the next episode gets a fresh env
         record = result.to_json()
         self._log.append(record)
         self._announce(result)
