@@ -98,3 +98,28 @@ def write_synthetic_demos(path: str | Path, num_demos: int = 8, seed: int = 0, i
         for i in range(num_demos):
             writer.add_demo(**synthetic_demo(rng, image_size), attrs={"init_state_index": i})
     return path
+
+
+def main(argv: list[str]) -> int:
+    """`python -m rsd_pl synthetic`: write a small synthetic LIBERO-format file (no simulator needed)."""
+    from jsonargparse import CLI
+
+    def synthetic(out: str = "data/synthetic/synthetic_demo.hdf5", num_demos: int = 40, seed: int = 0,
+                  image_size: int = 64) -> None:
+        """Write smooth synthetic pick-and-place demos in the LIBERO HDF5 schema.
+
+        Args:
+            out: output file (replaced atomically if it exists).
+            num_demos: number of demos to write.
+            seed: random seed of the trajectories.
+            image_size: side of the stored camera frames.
+        """
+        path = Path(out)
+        partial = path.with_name(path.name + ".partial")
+        partial.unlink(missing_ok=True)
+        write_synthetic_demos(partial, num_demos=num_demos, seed=seed, image_size=image_size)
+        partial.replace(path)
+        print(f"wrote {num_demos} synthetic demos -> {path}")
+
+    CLI(synthetic, args=argv)
+    return 0
