@@ -1,0 +1,68 @@
+"""Decoding configuration: which mode, which acceptance rule, how many draft layers per round."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from rsd_pl.errors import RsdError
+
+MODES = ("l1", "parallel", "ar", "speculative")
+ACCEPTANCE_RULES = ("exact", "sampling", "relaxed")
+
+
+@dataclass
+class DecodingConfig:
+    """How the engine turns one observation batch into one action chunk (DESIGN.md section 5)."""
+
+    mode: str = "speculative"
+    """l1 (regression head), parallel (all layers from Q), ar (layer by layer) or speculative."""
+    acceptance: str = "exact"
+    """Speculative only: exact (== greedy ar), sampling (== ar sampling), relaxed (|action diff| <= tau)."""
+    draft_len: int = 7
+    """k: layers the draft proposes per round (capped by the layers left)."""
+    tau: float = 0.05
+    """relaxed only: max |action difference| in normalised units for a draft layer to pass."""
+    temperature: float = 0.0
+    """0 = greedy (argmax); > 0 = sample codes from softmax(logits / temperature)."""
+    early_exit_bound: float | None = None
+    """ar / speculative: stop before layer L once the last decided layer moved the action by less
+    than this (max abs, normalised units). None = always decode all L layers."""
+    seed: int | None = None
+    """Seed of the engine's own sampling generator (None = torch's global generator)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise RsdError(f"decoding.mode={self.mode!r} is not one of {MODES}")
+        if self.acceptance not in ACCEPTANCE_RULES:
+            raise RsdError(f"decoding.acceptance={self.acceptance!r} is not one of {ACCEPTANCE_RULES}")
+        if self.draft_len < 1:
+            raise RsdError(f"decoding.draft_len={self.draft_len} must be >= 1")
+        if self.tau < 0:
+            raise RsdError(f"decoding.tau={self.tau} must be >= 0")
+        if self.temperature < 0:
+            raise RsdError(f"decoding.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.early_exit_bound is not None and self.early_exit_bound <= 0:
+            raise RsdError(f"decoding.early_exit_bound={self.early_exit_bound} must be > 0 or null")
+        if self.early_exit_bound is not None and self.mode not in ("ar", "speculative"):
+            raise RsdError(f"decoding.early_exit_bound is only meaningful for ar / speculative, not {self.mode!r}")
+        if self.mode == "speculative":
+            self._validate_rule_vs_temperature()
+
+    def _validate_rule_vs_temperature(self) -> None:
+        if self.acceptance == "sampling" and self.temperature == 0:
+            raise RsdError("decoding.acceptance='sampling' needs decoding.temperature > 0 (use 'exact' for greedy)")
+        if self.acceptance in ("exact", "relaxed") and self.temperature > 0:
+            raise RsdError(
+                f"decoding.acceptance={self.acceptance!r} compares with the main model's argmax and needs "
+                f"decoding.temperature=0 (got {self.temperature}); use acceptance='sampling' to sample"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,156 @@
+"""The decoding engine: one observation batch -> one chunk of env actions, in any of the modes
+`l1`, `parallel`, `ar`, `speculative`, on the same trained weights (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rsd_pl.decoding.acceptance import AcceptanceRule, ExactRule, RelaxedRule, SamplingRule, choose_codes
+from rsd_pl.decoding.config import DecodingConfig
+from rsd_pl.decoding.interfaces import DraftLike, MainLike, NormalizerLike, TokenizerLike, module_device
+from rsd_pl.decoding.speculative import autoregressive_decode, speculative_decode
+from rsd_pl.decoding.stats import ChunkStats, SectionTimer
+from rsd_pl.errors import RsdError
+
+GRIPPER_DIM = 6
+
+
+@dataclass
+class ChunkResult:
+    actions: np.ndarray  # float32 [B, T, D] env actions: un-normalised, gripper -1 open / +1 close
+    normalized_actions: Tensor  # [B, T, D] what the model produced, normalised units
+    codes: Tensor | None  # int64 [B, T, d, m] decided codes (None in l1 mode)
+    stats: ChunkStats
+
+
+class DecodingEngine:
+    """Decodes action chunks with a main model, an optional draft, the RFSQ tokenizer and the
+    action normaliser. Modules are put in eval mode and the draft / tokenizer on the main
+    model's device. Speculative mode without a draft is an error, never a fallback."""
+
+    def __init__(
+        self,
+        main: MainLike,
+        tokenizer: TokenizerLike,
+        normalizer: NormalizerLike,
+        config: DecodingConfig,
+        draft: DraftLike | None = None,
+    ) -> None:
+        config.validate()
+        if config.mode == "speculative" and draft is None:
+            raise RsdError("decoding.mode='speculative' needs a draft model, and none was given")
+        _check_shapes(main, tokenizer)
+        self.main, self.tokenizer, self.normalizer, self.draft, self.config = main, tokenizer, normalizer, draft, config
+        self.device = module_device(main)
+        for module in (main, tokenizer, draft):
+            if isinstance(module, torch.nn.Module):
+                module.eval()
+                if module is not main:
+                    module.to(self.device)
+        self.generator = _make_generator(config.seed, self.device)
+        self.rule = self._make_rule()
+
+    def _make_rule(self) -> AcceptanceRule:
+        if self.config.acceptance == "sampling":
+            return SamplingRule(self.config.temperature, self.generator)
+        if self.config.acceptance == "relaxed":
+            return RelaxedRule(self.config.tau, self.tokenizer.decode_codes)
+        return ExactRule()
+
+    @torch.no_grad()
+    def decode_chunk(self, batch: dict) -> ChunkResult:
+        """batch: the model batch of docs/contracts.md -> ChunkResult with actions [B, T, D]."""
+        batch = _to_device(batch, self.device)
+        stats = ChunkStats(mode=self.config.mode, num_layers=self.main.num_layers, batch_size=_batch_size(batch))
+        timer = SectionTimer(stats, self.device)
+        start = timer.now()
+        if self.config.mode == "l1":
+            codes, normalized = None, self._l1(batch, stats, timer)
+        else:
+            codes = self._codes(batch, stats, timer)
+            with timer.section("decode_s"):
+                normalized = self.tokenizer.decode_codes(codes)  # [B, T, D]
+            stats.layers_decoded = codes.shape[-1]
+        with timer.section("decode_s"):
+            actions = self.to_env_actions(normalized)
+        stats.total_s = timer.now() - start
+        return ChunkResult(actions=actions, normalized_actions=normalized, codes=codes, stats=stats)
+
+    def _l1(self, batch: dict, stats: ChunkStats, timer: SectionTimer) -> Tensor:
+        with timer.section("prefill_s"):
+            prefill = self.main.prefill(batch)
+            normalized = self.main.l1_actions(prefill.query_hidden)  # [B, T, D]
+        stats.main_forwards = 1
+        return normalized
+
+    def _codes(self, batch: dict, stats: ChunkStats, timer: SectionTimer) -> Tensor:
+        """-> codes [B, T, d, m] in the configured code mode."""
+        cfg = self.config
+        if cfg.mode == "parallel":
+            with timer.section("prefill_s"):
+                prefill = self.main.prefill(batch)
+                logits = self.main.parallel_logits(prefill.query_hidden)  # [B, L, T, d, K]
+                codes = choose_codes(logits, cfg.temperature, self.generator).permute(0, 2, 3, 1)  # [B, T, d, L]
+            stats.main_forwards = 1
+            return codes
+        stop = self._early_exit_check(timer) if cfg.early_exit_bound is not None else None
+        common = dict(temperature=cfg.temperature, generator=self.generator, stats=stats, timer=timer, stop=stop)
+        if cfg.mode == "ar":
+            return autoregressive_decode(self.main, batch, **common)
+        return speculative_decode(self.main, self.draft, batch, self.rule, draft_len=cfg.draft_len, **common)
+
+    def _early_exit_check(self, timer: SectionTimer):
+        """Stop when the last decided layer moved the decoded action by less than the bound
+        (max abs over the chunk, every batch element): finer layers move it less still."""
+        bound = self.config.early_exit_bound
+
+        def stop(codes: Tensor) -> bool:
+            if codes.shape[-1] < 2:
+                return False
+            with timer.section("decode_s"):
+                with_last = self.tokenizer.decode_codes(codes)  # [B, T, D]
+                without_last = self.tokenizer.decode_codes(codes[..., :-1])  # [B, T, D]
+                return bool((with_last - without_last).abs().max() < bound)
+
+        return stop
+
+    def to_env_actions(self, normalized: Tensor) -> np.ndarray:
+        """normalised [B, T, D] -> env actions float32 [B, T, D]: un-normalised with the
+        tokenizer's statistics, gripper binarised by sign to -1 open / +1 close (as OFT does)."""
+        raw = np.asarray(self.normalizer.unnormalize(normalized.detach().float().cpu().numpy()), dtype=np.float32)
+        raw = raw.copy()
+        raw[..., GRIPPER_DIM] = np.where(raw[..., GRIPPER_DIM] > 0, 1.0, -1.0)
+        return raw
+
+
+def _check_shapes(main: MainLike, tokenizer: TokenizerLike) -> None:
+    for key in ("num_layers", "chunk_len", "latent_dim", "num_levels"):
+        main_value, tok_value = getattr(main, key), getattr(tokenizer, key, None)
+        if tok_value is not None and tok_value != main_value:
+            raise RsdError(f"tokenizer {key}={tok_value} does not match the main model's {key}={main_value}")
+
+
+def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _batch_size(batch: dict) -> int:
+    for value in batch.values():
+        if isinstance(value, Tensor):
+            return value.shape[0]
+        if isinstance(value, list):
+            return len(value)
+    raise RsdError(f"the model batch has no tensor or list to read the batch size from (keys {sorted(batch)})")
+

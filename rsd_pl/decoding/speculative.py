@@ -1,0 +1,160 @@
+"""Layer-wise decoding of RFSQ codes with the main model: autoregressive (the reference) and
+speculative (draft proposes, main verifies in one forward).
+
+Layers are numbered 1..L here as in the contracts; `codes[..., m - 1]` is layer m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from rsd_pl.decoding.acceptance import AcceptanceRule, choose_codes
+from rsd_pl.decoding.interfaces import DraftLike, MainLike
+from rsd_pl.decoding.stats import ChunkStats, SectionTimer
+
+StopCheck = Callable[[Tensor], bool]  # codes [B, T, d, m] -> stop decoding now (early exit)
+
+
+def autoregressive_decode(
+    main: MainLike,
+    batch: dict,
+    *,
+    temperature: float,
+    generator: torch.Generator | None,
+    stats: ChunkStats,
+    timer: SectionTimer,
+    stop: StopCheck | None = None,
+) -> Tensor:
+    """The reference: one main forward per layer with the KV cache (L forwards for L layers).
+    Returns codes [B, T, d, m], m = L unless `stop` ended it early."""
+    with timer.section("prefill_s"):
+        prefill = main.prefill(batch)
+        codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
+    stats.main_forwards += 1
+    while codes.shape[-1] < main.num_layers and not _stopped(stop, codes, stats):
+        m = codes.shape[-1]
+        with timer.section("verify_s"):
+            logits = main.extend(codes[..., m - 1 :], first_layer=m, cache=prefill.cache)  # [B, 1, T, d, K]
+            next_layer = choose_codes(logits[:, 0], temperature, generator)  # [B, T, d]
+        stats.main_forwards += 1
+        codes = torch.cat([codes, next_layer.unsqueeze(-1)], dim=-1)
+    return codes
+
+
+def speculative_decode(
+    main: MainLike,
+    draft: DraftLike,
+    batch: dict,
+    rule: AcceptanceRule,
+    *,
+    draft_len: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    stats: ChunkStats,
+    timer: SectionTimer,
+    stop: StopCheck | None = None,
+) -> Tensor:
+    """Speculative decoding over residual layers (Leviathan et al. 2023, "Fast Inference from
+    Transformers via Speculative Decoding"; Chen et al. 2023), where one "token" is a whole layer
+    of T x d codes. Returns codes [B, T, d, m], m = L unless `stop` ended it early.
+
+    1. Prefill: one main forward over prefix + Q gives layer 1 and the Q hidden states.
+    2. Draft: propose layers m+1..m+k one by one (k draft forwards), each on its own proposals.
+    3. Verify: ONE main `extend` over the blocks of layer m (the last decided layer) and of the
+       proposals gives the main model's prediction for layers m+1..m+k (+ m+k+1 as a bonus).
+    4. Accept the longest run of layers that pass the rule; the first rejected layer is replaced
+       by the main model's choice; if all pass, the bonus prediction decides one more layer.
+       So every verify yields >= 1 layer: L layers cost 2 (all accepted) .. L (none) main forwards.
+    5. Crop the KV cache to the blocks whose codes are now final (layers 1..m-1).
+    6. Repeat from 2 until L layers (or the early-exit check stops it).
+    With a batch, a round ends at the first layer rejected by any element (the cache is shared);
+    the other elements keep their own accepted codes for that layer.
+    """
+    num_layers = main.num_layers
+    # 1. Prefill.
+    with timer.section("prefill_s"):
+        prefill = main.prefill(batch)
+        codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
+    stats.main_forwards += 1
+    while codes.shape[-1] < num_layers and not _stopped(stop, codes, stats):
+        m = codes.shape[-1]
+        num_proposed = min(draft_len, num_layers - m)
+        # 2. Draft proposals for layers m+1..m+num_proposed.
+        with timer.section("draft_s"):
+            proposals, draft_logits = _draft_layers(
+                draft, prefill.query_hidden, codes, num_proposed, temperature, generator
+            )
+        stats.draft_forwards += num_proposed
+        with timer.section("verify_s"):
+            # 3. One verify forward: blocks of layers m..last_block (block L does not exist).
+            last_block = min(m + num_proposed, num_layers - 1)
+            context = torch.cat([codes, proposals], dim=-1)  # [B, T, d, m + num_proposed]
+            main_logits = main.extend(context[..., m - 1 : last_block], first_layer=m, cache=prefill.cache)
+            stats.main_forwards += 1  # main_logits [B, last_block - m + 1, T, d, K]: layers m+1..last_block+1
+            # 4. Accept the longest passing run; correct the first rejected layer; bonus if none rejected.
+            new_layers, all_accepted = _accept_run(rule, codes, proposals, draft_logits, main_logits, m, stats)
+            if all_accepted and main_logits.shape[1] > num_proposed:
+                new_layers.append(choose_codes(main_logits[:, num_proposed], temperature, generator))
+            codes = torch.cat([codes, torch.stack(new_layers, dim=-1)], dim=-1)
+            # 5. Keep only the blocks of final layers 1..m'-1 in the cache.
+            main.crop_cache(prefill.cache, prefill.cache_len, codes.shape[-1] - 1)
+    return codes
+
+
+def _draft_layers(
+    draft: DraftLike,
+    query_hidden: Tensor,
+    codes: Tensor,
+    num_proposed: int,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, list[Tensor]]:
+    """-> proposals [B, T, d, num_proposed], draft logits per proposed layer ([B, T, d, K] each)."""
+    context, logits_per_layer = codes, []
+    for _ in range(num_proposed):
+        logits = draft.next_layer_logits(query_hidden, context)  # [B, T, d, K]
+        layer = choose_codes(logits, temperature, generator)  # [B, T, d]
+        context = torch.cat([context, layer.unsqueeze(-1)], dim=-1)
+        logits_per_layer.append(logits)
+    return context[..., codes.shape[-1] :], logits_per_layer
+
+
+def _accept_run(
+    rule: AcceptanceRule,
+    codes: Tensor,
+    proposals: Tensor,
+    draft_logits: list[Tensor],
+    main_logits: Tensor,
+    m: int,
+    stats: ChunkStats,
+) -> tuple[list[Tensor], bool]:
+    """Verify proposals in order; stop after the first layer some element rejects (already
+    corrected by the rule). Returns the decided layers ([B, T, d] each, >= 1 of them) and
+    whether every proposal passed for every element."""
+    decided: list[Tensor] = []
+    all_accepted = True
+    for i in range(proposals.shape[-1]):
+        depth = m + i  # 0-based index of the proposed layer (layer m+1+i)
+        prefix = torch.cat([codes, proposals[..., :i]], dim=-1)  # == codes + decided layers
+        verdict = rule.verify(proposals[..., i], draft_logits[i], main_logits[:, i], prefix)
+        stats.accepted_by_depth[depth] += int(verdict.accepted.sum())
+        stats.codes_compared += verdict.agreed.numel()
+        stats.codes_agreed += int(verdict.agreed.sum())
+        decided.append(verdict.codes)
+        if not bool(verdict.accepted.all()):
+            all_accepted = False
+            break
+    batch_size = proposals.shape[0]
+    for i in range(proposals.shape[-1]):
+        stats.proposed_by_depth[m + i] += batch_size
+    return decided, all_accepted
+
+
+def _stopped(stop: StopCheck | None, codes: Tensor, stats: ChunkStats) -> bool:
+    if stop is None or not stop(codes):
+        return False
+    stats.early_exit = True
+    return True

@@ -1,0 +1,158 @@
+"""Correctness proofs of the decoding engine on tiny real models (DESIGN.md section 5).
+
+- speculative + exact == greedy ar, code for code, for many seeds, draft lengths and draft errors;
+- forced accept / reject give 2 / 8 main forwards for 8 layers with k = 7;
+- relaxed with tau = 0 gives the exact-mode actions; config and missing-draft errors.
+The sampling-distribution proof is in tests/test_decoding_sampling.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rsd_pl.decoding import DecodingConfig, DecodingEngine, StatsAggregator
+from rsd_pl.errors import RsdError
+from tests.stubs import ScriptedDraft, tiny_batch, tiny_main, tiny_normalizer, tiny_tokenizer
+
+
+def make_engine(main, mode: str, draft=None, **config) -> DecodingEngine:
+    return DecodingEngine(main, tiny_tokenizer(main), tiny_normalizer(), DecodingConfig(mode=mode, **config), draft)
+
+
+def random_plan(seed: int, num_layers: int) -> dict[int, str]:
+    """Per target layer: right / wrong / random, so rounds accept 0..k layers."""
+    rng = np.random.default_rng(seed)
+    return {layer: str(rng.choice(["right", "right", "wrong", "random"])) for layer in range(2, num_layers + 1)}
+
+
+def test_speculative_exact_equals_greedy_ar() -> None:
+    """8 random tiny models and inputs, k = 1..7, drafts right / wrong / random per layer."""
+    for seed in range(8):
+        draft_len = (1, 2, 3, 5, 7)[seed % 5]
+        main = tiny_main(seed)
+        batch = tiny_batch(seed, batch_size=2)
+        reference = make_engine(main, "ar").decode_chunk(batch)
+        draft = ScriptedDraft(main, batch, plan=random_plan(seed, main.num_layers), seed=seed)
+        result = make_engine(main, "speculative", draft, draft_len=draft_len).decode_chunk(batch)
+        assert torch.equal(result.codes, reference.codes), f"seed {seed}, k={draft_len}"
+        np.testing.assert_array_equal(result.actions, reference.actions)
+        assert reference.stats.main_forwards == main.num_layers
+        assert 2 <= result.stats.main_forwards <= main.num_layers
+
+
+def test_always_right_draft_needs_two_main_forwards() -> None:
+    main = tiny_main(1)
+    batch = tiny_batch(1, batch_size=1)
+    draft = ScriptedDraft(main, batch, default="right")
+    stats = make_engine(main, "speculative", draft, draft_len=7).decode_chunk(batch).stats
+    assert stats.main_forwards == 2
+    assert stats.draft_forwards == 7
+    assert stats.accepted_by_depth == [0, 1, 1, 1, 1, 1, 1, 1]
+    assert stats.proposed_by_depth == [0, 1, 1, 1, 1, 1, 1, 1]
+    assert stats.code_agreement == 1.0
+
+
+def test_always_wrong_draft_needs_eight_main_forwards() -> None:
+    main = tiny_main(2)
+    batch = tiny_batch(2, batch_size=1)
+    draft = ScriptedDraft(main, batch, default="wrong")
+    stats = make_engine(main, "speculative", draft, draft_len=7).decode_chunk(batch).stats
+    assert stats.main_forwards == 8
+    assert stats.draft_forwards == 7 + 6 + 5 + 4 + 3 + 2 + 1
+    assert sum(stats.accepted_by_depth) == 0
+    assert stats.proposed_by_depth == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert stats.code_agreement == 0.0
+
+
+def test_bonus_layer_when_all_proposals_pass() -> None:
+    """k=3, always right: prefill -> 1; verify 2,3,4 + bonus 5; verify 6,7,8 = 3 main forwards."""
+    main = tiny_main(3)
+    batch = tiny_batch(3, batch_size=1)
+    stats = make_engine(main, "speculative", ScriptedDraft(main, batch), draft_len=3).decode_chunk(batch).stats
+    assert stats.main_forwards == 3
+    assert stats.draft_forwards == 6
+    assert stats.proposed_by_depth == [0, 1, 1, 1, 0, 1, 1, 1]
+
+
+def test_relaxed_with_zero_tau_gives_exact_actions() -> None:
+    for seed in range(2):
+        main = tiny_main(seed)
+        batch = tiny_batch(seed, batch_size=2)
+        draft = ScriptedDraft(main, batch, plan=random_plan(seed, main.num_layers), seed=seed)
+        exact = make_engine(main, "speculative", draft, acceptance="exact").decode_chunk(batch)
+        relaxed = make_engine(main, "speculative", draft, acceptance="relaxed", tau=0.0).decode_chunk(batch)
+        np.testing.assert_array_equal(relaxed.actions, exact.actions)
+
+
+def test_relaxed_with_huge_tau_accepts_every_draft_layer() -> None:
+    main = tiny_main(4)
+    batch = tiny_batch(4, batch_size=1)
+    draft = ScriptedDraft(main, batch, default="wrong")
+    stats = make_engine(main, "speculative", draft, acceptance="relaxed", tau=1e9).decode_chunk(batch).stats
+    assert stats.main_forwards == 2
+    assert stats.acceptance_rate == 1.0
+    assert stats.code_agreement == 0.0
+
+
+def test_single_forward_modes_and_env_actions() -> None:
+    main = tiny_main(5)
+    batch = tiny_batch(5, batch_size=3)
+    for mode in ("l1", "parallel"):
+        result = make_engine(main, mode).decode_chunk(batch)
+        assert result.stats.main_forwards == 1
+        assert result.actions.shape == (3, main.chunk_len, 7)
+        assert result.actions.dtype == np.float32
+        assert set(np.unique(result.actions[..., 6])) <= {-1.0, 1.0}
+    parallel = make_engine(main, "parallel").decode_chunk(batch)
+    assert parallel.codes.shape == (3, main.chunk_len, main.latent_dim, main.num_layers)
+    expected = tiny_normalizer().unnormalize(parallel.normalized_actions.numpy())[..., :6]
+    np.testing.assert_allclose(parallel.actions[..., :6], expected, rtol=1e-6)
+
+
+def test_early_exit_stops_before_the_last_layer() -> None:
+    main = tiny_main(6)
+    batch = tiny_batch(6, batch_size=1)
+    never = make_engine(main, "ar", early_exit_bound=1e-12).decode_chunk(batch)
+    always = make_engine(main, "ar", early_exit_bound=1e9).decode_chunk(batch)
+    assert never.stats.layers_decoded == main.num_layers and not never.stats.early_exit
+    assert always.stats.layers_decoded == 2 and always.stats.early_exit
+    assert always.stats.main_forwards == 2
+
+
+def test_speculative_without_draft_is_an_error() -> None:
+    main = tiny_main(0)
+    with pytest.raises(RsdError, match="needs a draft"):
+        make_engine(main, "speculative", draft=None)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(mode="beam"), "decoding.mode"),
+        (dict(acceptance="maybe"), "decoding.acceptance"),
+        (dict(draft_len=0), "draft_len"),
+        (dict(acceptance="sampling", temperature=0.0), "temperature > 0"),
+        (dict(acceptance="exact", temperature=0.7), "temperature=0"),
+        (dict(mode="parallel", early_exit_bound=0.1), "early_exit_bound"),
+    ],
+)
+def test_bad_config_is_an_error(config: dict, message: str) -> None:
+    with pytest.raises(RsdError, match=message):
+        DecodingConfig(**config)
+
+
+def test_aggregator_summary() -> None:
+    main = tiny_main(7)
+    batch = tiny_batch(7, batch_size=1)
+    engine = make_engine(main, "speculative", ScriptedDraft(main, batch, default="wrong"), draft_len=2)
+    aggregator = StatsAggregator()
+    for _ in range(3):
+        aggregator.add(engine.decode_chunk(batch).stats)
+    summary = aggregator.summary()
+    assert summary["chunks"] == 3
+    assert summary["main_forwards_per_chunk"] == 8.0
+    assert summary["acceptance_rate"] == 0.0
+    assert summary["acceptance_rate_by_depth"][0] is None
+    assert summary["latency_p95_ms"] >= summary["latency_p50_ms"] > 0

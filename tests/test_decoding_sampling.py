@@ -1,0 +1,113 @@
+"""Statistical proof: speculative + sampling draws codes from the same distribution as ar sampling.
+
+Setting: T=1 step, d=2 codes per layer, K=3 levels, L=3 layers -> 3^6 = 729 joint outcomes. The
+exact ar distribution is computed by enumeration (teacher-forced main forward on all 729 code
+tensors: P(c) = prod_l softmax(logits_l / temperature)[c_l]). One observation is repeated N times
+in one batch (float32); a chi-square goodness-of-fit test compares the engine's draws with it.
+A negative control (a rule that keeps every draft code) must FAIL the same test: the test has power.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rsd_pl.decoding import DecodingConfig, DecodingEngine
+from rsd_pl.decoding.acceptance import LayerVerdict, SamplingRule
+from tests.stubs import ScriptedDraft, tiny_batch, tiny_main, tiny_normalizer, tiny_tokenizer
+
+TEMPERATURE = 1.0
+NUM_SAMPLES = 5000
+SHAPE = dict(chunk_len=1, latent_dim=2, num_layers=3, num_levels=3)
+LEVELS, NUM_CODES = 3, 6  # K, T*d*L
+
+
+def all_code_tensors() -> torch.Tensor:
+    """-> codes [729, T=1, d=2, L=3], every joint outcome once (row-major over the 6 codes)."""
+    rows = list(itertools.product(range(LEVELS), repeat=NUM_CODES))
+    return torch.tensor(rows).view(-1, 1, 2, 3)
+
+
+def outcome_index(codes: torch.Tensor) -> torch.Tensor:
+    """codes [B, 1, 2, 3] -> int [B] index into all_code_tensors()."""
+    flat = codes.reshape(codes.shape[0], -1)  # (B, 6) in the same order as all_code_tensors
+    weights = LEVELS ** torch.arange(NUM_CODES - 1, -1, -1)
+    return (flat * weights).sum(dim=1)
+
+
+def exact_distribution(main, seed: int) -> torch.Tensor:
+    codes = all_code_tensors()
+    batch = tiny_batch(seed, batch_size=codes.shape[0], dtype=torch.float32, repeat=True)
+    with torch.no_grad():
+        logits = main(batch, codes).layer_logits  # [729, L, T, d, K]
+    log_probs = torch.log_softmax(logits / TEMPERATURE, dim=-1)
+    picked = log_probs.gather(-1, codes.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1)  # [729, L, T, d]
+    return picked.flatten(1).sum(dim=1).exp()  # [729]
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Goodness of fit; outcomes expected < 5 times are pooled into one bin."""
+    expected = probs * counts.sum()
+    small = expected < 5
+    obs = torch.cat([counts[~small], counts[small].sum().unsqueeze(0)])
+    exp = torch.cat([expected[~small], expected[small].sum().unsqueeze(0)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    statistic = ((obs - exp) ** 2 / exp).sum()
+    dof = obs.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), statistic / 2.0))  # chi2 survival
+
+
+def draw(main, seed: int, mode: str, draft=None, draft_len: int = 2, rule=None) -> torch.Tensor:
+    config = DecodingConfig(mode=mode, acceptance="sampling", temperature=TEMPERATURE, draft_len=draft_len,
+                            seed=1000 + seed)
+    engine = DecodingEngine(main, tiny_tokenizer(main), tiny_normalizer(), config, draft)
+    if rule is not None:
+        engine.rule = rule
+    batch = tiny_batch(seed, batch_size=NUM_SAMPLES, dtype=torch.float32, repeat=True)
+    codes = engine.decode_chunk(batch).codes
+    return torch.bincount(outcome_index(codes), minlength=LEVELS**NUM_CODES).double()
+
+
+class KeepEveryDraftCode(SamplingRule):
+    """Broken on purpose: accepts the draft's sample unconditionally (output ~ draft, not main)."""
+
+    def verify(self, draft_codes, draft_logits, main_logits, prefix) -> LayerVerdict:
+        accepted = torch.ones(draft_codes.shape[0], dtype=torch.bool)
+        return LayerVerdict(codes=draft_codes, accepted=accepted, agreed=draft_codes == main_logits.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def setting():
+    main = tiny_main(11, dtype=torch.float32, **SHAPE)
+    return main, exact_distribution(main, seed=11)
+
+
+def test_ar_sampling_matches_enumerated_distribution(setting) -> None:
+    main, probs = setting
+    assert chi_square_p_value(draw(main, 11, "ar"), probs) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("plan", "draft_len"),
+    [
+        ({2: "random", 3: "random"}, 2),  # per-code rejection / resampling at every depth
+        ({2: "right", 3: "random"}, 2),  # layer 2 always passes, layer 3 verified on the draft's layer 2
+        ({2: "right"}, 1),  # layer 2 passes, layer 3 is the main model's bonus draw
+    ],
+)
+def test_speculative_sampling_matches_ar_distribution(setting, plan: dict, draft_len: int) -> None:
+    main, probs = setting
+    batch = tiny_batch(11, batch_size=NUM_SAMPLES, dtype=torch.float32, repeat=True)
+    draft = ScriptedDraft(main, batch, plan=plan, seed=5)
+    assert chi_square_p_value(draw(main, 11, "speculative", draft, draft_len), probs) > 1e-3
+
+
+def test_the_statistical_test_rejects_a_broken_rule(setting) -> None:
+    main, probs = setting
+    batch = tiny_batch(11, batch_size=NUM_SAMPLES, dtype=torch.float32, repeat=True)
+    draft = ScriptedDraft(main, batch, plan={2: "random", 3: "random"}, seed=5)
+    broken = KeepEveryDraftCode(TEMPERATURE, generator=None)
+    assert chi_square_p_value(draw(main, 11, "speculative", draft, 2, rule=broken), probs) < 1e-6
