@@ -1,0 +1,111 @@
+"""`ActionChunkDataModule`: normalised action chunks from LIBERO-format demo files (phase 1)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from rsd_pl.data.chunks import ActionChunkDataset, split_episodes
+from rsd_pl.data.libero_hdf5 import read_episodes, resolve_demo_files
+from rsd_pl.data.normalize import ActionNormalizer
+
+ACTION_DIM = 7
+
+
+def data_fingerprint(files: list[Path], block_size: int = 1 << 20) -> str:
+    """Short sha256 over the names and contents of the demo files (16 hex chars).
+
+    Contents, not mtimes: a copied or re-downloaded file keeps its fingerprint; an edited one does not.
+    """
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while block := handle.read(block_size):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class ActionChunkDataModule(L.LightningDataModule):
+    """Action chunks (T steps x 7 dims) of LIBERO-format demos, normalised with train-split statistics.
+
+    Episodes are split into train / val by episode (deterministic in `seed`). The `ActionNormalizer`
+    is fitted on the train episodes only; items are normalised chunks, float32 `[T, 7]`, padded at
+    episode ends by repeating the last action (OpenVLA-OFT's chunking).
+
+    Args:
+        data: A LIBERO-format HDF5 demo file, a directory of them (all *.hdf5), or a glob.
+        chunk_len: Steps per action chunk (T). Must equal the model's chunk_len.
+        val_fraction: Fraction of episodes held out for validation (at least one episode).
+        seed: Seed of the train/val episode split.
+        batch_size: Chunks per batch.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+    """
+
+    def __init__(
+        self,
+        data: str,
+        chunk_len: int = 8,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 256,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data = data
+        self.chunk_len = chunk_len
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.normalizer: ActionNormalizer | None = None
+        self.train_set: ActionChunkDataset | None = None
+        self.val_set: ActionChunkDataset | None = None
+        self._files: list[Path] | None = None
+        self._fingerprint: str | None = None
+
+    def files(self) -> list[Path]:
+        """The demo files `data` resolves to (sorted)."""
+        if self._files is None:
+            self._files = resolve_demo_files(self.data)
+        return self._files
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the demo files' names and contents (the lineage of what was trained on)."""
+        if self._fingerprint is None:
+            self._fingerprint = data_fingerprint(self.files())
+        return self._fingerprint
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.normalizer is not None:
+            return
+        episodes = read_episodes([str(path) for path in self.files()], image_keys=[])
+        train_ids, val_ids = split_episodes(len(episodes), self.val_fraction, self.seed)
+        train_actions = [episodes[i].actions for i in train_ids]
+        source = f"{self.data} (train episodes)"
+        self.normalizer = ActionNormalizer.fit(np.concatenate(train_actions), ACTION_DIM, source=source)
+        self.train_set = ActionChunkDataset([self.normalizer.normalize(a) for a in train_actions], self.chunk_len)
+        val_actions = [self.normalizer.normalize(episodes[i].actions) for i in val_ids]
+        self.val_set = ActionChunkDataset(val_actions, self.chunk_len)
+        self.num_episodes = (len(train_ids), len(val_ids))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset: ActionChunkDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("ActionChunkDataModule.setup() must run before its dataloaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
