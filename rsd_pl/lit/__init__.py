@@ -1,0 +1,1 @@
+"""LightningModules, DataModules and fit-time callbacks (nothing heavy imported here)."""
