@@ -110,6 +110,6 @@ def test_other_schema_or_corrupted_file_is_refused(collected, tmp_path):
 def test_bad_task_or_init_state_is_an_error_before_simulating(tmp_path):
     with pytest.raises(RsdError, match=r"task id for libero_spatial 12 out of range"):
         main(["--tasks", "12", "--out", str(tmp_path)])
-    with pytest.raises(RsdError, match=r"init state index .* 60 out of range: valid are 0\.\.49"):
-        main(["--tasks", "0", "--init_states", "58-60", "--out", str(tmp_path)])
+    with pytest.raises(RsdError, match=r"init state index .* 50 out of range: valid are 0\.\.49"):
+        main(["--tasks", "0", "--init_states", "48-50", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
