@@ -65,7 +65,7 @@ class DecodingEngine:
     def decode_chunk(self, batch: dict) -> ChunkResult:
         """batch: the model batch of docs/contracts.md -> ChunkResult with actions [B, T, D]."""
         batch = _to_device(batch, self.device)
-        stats = ChunkStats(mode=self.config.mode, num_layers=self.main.num_layers, batch_size=_batch_size(batch))
+        stats = ChunkStats(mode=self.config.mode, num_layers=self.main.num_layers, batch_size=batch_size_of(batch))
         timer = SectionTimer(stats, self.device)
         start = timer.now()
         if self.config.mode == "l1":
@@ -146,7 +146,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _batch_size(batch: dict) -> int:
+def batch_size_of(batch: dict) -> int:
     for value in batch.values():
         if isinstance(value, Tensor):
             return value.shape[0]

@@ -1,0 +1,58 @@
+"""The policy boundary: an action queue executes whole chunks open loop, then re-queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsd_pl.decoding import DecodingConfig, DecodingEngine
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.policy import RSDPolicy
+from tests.stubs import ScriptedDraft, tiny_batch, tiny_main, tiny_normalizer, tiny_tokenizer
+
+
+def make_policy(mode: str = "speculative", **kwargs) -> tuple[RSDPolicy, dict]:
+    main = tiny_main(0, chunk_len=8, latent_dim=2, num_layers=3, num_levels=3)
+    batch = tiny_batch(0, batch_size=1)
+    draft = ScriptedDraft(main, batch) if mode == "speculative" else None
+    engine = DecodingEngine(main, tiny_tokenizer(main), tiny_normalizer(), DecodingConfig(mode=mode), draft)
+    return RSDPolicy(engine, **kwargs), batch
+
+
+def test_queue_serves_the_whole_chunk_then_requeries() -> None:
+    policy, batch = make_policy()
+    chunk = policy.engine.decode_chunk(batch).actions
+    served = [policy.select_action(batch) for _ in range(8)]
+    assert len(policy.stats) == 1  # one engine call for 8 actions
+    np.testing.assert_array_equal(np.stack(served), chunk[0])
+    assert served[0].shape == (7,) and served[0].dtype == np.float32
+    policy.select_action(batch)
+    assert len(policy.stats) == 2  # the 9th action needs a new chunk
+    assert policy.last_stats.main_forwards == 2
+
+
+def test_reset_drops_the_queue() -> None:
+    policy, batch = make_policy()
+    policy.select_action(batch)
+    policy.reset()
+    policy.select_action(batch)
+    assert len(policy.stats) == 2
+
+
+def test_steps_per_chunk_and_batch_checks() -> None:
+    policy, batch = make_policy(steps_per_chunk=4)
+    for _ in range(8):
+        policy.select_action(batch)
+    assert len(policy.stats) == 2
+    with pytest.raises(RsdError, match="steps_per_chunk"):
+        make_policy(steps_per_chunk=9)
+    policy.reset()
+    with pytest.raises(RsdError, match="batch of 1"):
+        policy.select_action(tiny_batch(0, batch_size=2))
+
+
+def test_predict_action_chunk_returns_batched_actions() -> None:
+    policy, _ = make_policy(mode="parallel")
+    actions, stats = policy.predict_action_chunk(tiny_batch(1, batch_size=3))
+    assert actions.shape == (3, 8, 7)
+    assert stats.mode == "parallel"
