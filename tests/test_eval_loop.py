@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsd_pl.decoding.stats import ChunkStats
+from rsd_pl.decoding.stats import ChunkStats, StatsAggregator
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import loop
 from rsd_pl.eval.report import EPISODES_FILE, read_episodes
@@ -80,20 +80,17 @@ class CountingPolicy:
     calls = 0
 
     def __init__(self, mode: str) -> None:
-        self.mode, self.stats = mode, []
+        self.mode, self.stats = mode, StatsAggregator()
 
     def reset(self) -> None:
-        self.stats = []
+        pass
 
     def select_action(self, batch: dict) -> np.ndarray:
         assert batch["proprio"].shape == (1, 8) and "images" not in batch  # cameras off
         if CountingPolicy.calls % 8 == 0:
-            self.stats.append(ChunkStats(mode=self.mode, num_layers=8, main_forwards=1, total_s=0.001))
+            self.stats.add(ChunkStats(mode=self.mode, num_layers=8, main_forwards=1, total_s=0.001))
         CountingPolicy.calls += 1
         return np.array([0, 0, 0, 0, 0, 0, -1.0])
-
-    def episode_stats(self) -> list[ChunkStats]:
-        return self.stats
 
 
 @pytest.mark.libero

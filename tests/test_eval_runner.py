@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsd_pl.decoding.stats import ChunkStats
+from rsd_pl.decoding.stats import ChunkStats, StatsAggregator
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.runner import run_episode, to_env_action
 
@@ -47,28 +47,26 @@ class StubEnv:
 
 
 class StubPolicy:
-    """Serves chunks of 8 constant actions; one ChunkStats per chunk; can raise at a given step."""
+    """Serves chunks of 8 constant actions; one ChunkStats per chunk, kept across episodes like
+    RSDPolicy; can raise at a given step."""
 
     def __init__(self, raise_at: int | None = None) -> None:
-        self.raise_at, self.calls, self.stats = raise_at, 0, []
+        self.raise_at, self.calls, self.stats = raise_at, 0, StatsAggregator()
 
     def reset(self) -> None:
-        self.stats = []
+        self.calls = 0  # drops the queue
 
     def select_action(self, batch: dict) -> torch.Tensor:
         if self.raise_at is not None and self.calls == self.raise_at:
             raise RuntimeError("policy exploded")
         if self.calls % 8 == 0:
             stats = ChunkStats(mode="speculative", num_layers=8, main_forwards=2, draft_forwards=7,
-                               total_s=0.010 * (len(self.stats) + 1))
+                               total_s=0.010 * (self.calls // 8 + 1))
             stats.proposed_by_depth = [0, 1, 1, 1, 1, 1, 1, 1]
             stats.accepted_by_depth = [0, 1, 1, 1, 0, 0, 0, 0]
-            self.stats.append(stats)
+            self.stats.add(stats)
         self.calls += 1
         return torch.tensor([0.1, 0, 0, 0, 0, 0, -1.0])
-
-    def episode_stats(self) -> list[ChunkStats]:
-        return self.stats
 
 
 def _run(env, policy, max_steps=20, **kw):
@@ -85,6 +83,14 @@ def test_success_when_env_reports_it():
     assert result.proposed_by_depth == [0, 2, 2, 2, 2, 2, 2, 2]
     assert result.accepted_by_depth == [0, 2, 2, 2, 0, 0, 0, 0]
     assert (result.task_id, result.trial, result.seed, result.mode) == (3, 4, 11, "speculative")
+
+
+def test_statistics_are_those_of_this_episode_only():
+    policy = StubPolicy()
+    _run(StubEnv(succeed_at=20), policy)
+    result = _run(StubEnv(succeed_at=9), policy)
+    assert len(policy.stats) == 3 + 2
+    assert result.chunks == 2 and result.main_forwards == 4 and result.chunk_latency_ms == [10.0, 20.0]
 
 
 def test_timeout_is_a_failure():

@@ -203,7 +203,7 @@ class EvalModule(L.LightningModule):
         super().__init__()
         self.models = models
         self.make_policy = make_policy
-        """make_policy(mode) -> policy with reset() / select_action(batch) / episode_stats()."""
+        """make_policy(mode) -> policy with reset() / select_action(batch) / stats.chunks (RSDPolicy)."""
         self.obs = obs
         self.out_dir = Path(out_dir)
         self.camera_size = camera_size
@@ -358,12 +358,14 @@ def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
 
 def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
     """mode -> RSDPolicy over the shared weights (draft only where the mode uses it)."""
+    from rsd_pl.decoding import DecodingEngine
     from rsd_pl.eval.policy import RSDPolicy
 
-    def make_policy(mode: str) -> Any:
+    def make_policy(mode: str) -> RSDPolicy:
         draft = models["draft"] if mode in DRAFT_MODES else None
-        return RSDPolicy.from_models(models["main"], models["tokenizer"], models["normalizer"],
-                                     decoding_for(cfg, mode), draft=draft)
+        engine = DecodingEngine(models["main"], models["tokenizer"], models["normalizer"],
+                                decoding_for(cfg, mode), draft=draft)
+        return RSDPolicy(engine)
 
     return make_policy
 

@@ -46,12 +46,18 @@ class EpisodeEnv(Protocol):
     def record(self, obs: dict) -> dict[str, np.ndarray]: ...
 
 
+class ChunkLog(Protocol):
+    chunks: list[Any]
+    """`rsd_pl.decoding.stats.ChunkStats` of every chunk decoded so far, in order."""
+
+
 class EpisodePolicy(Protocol):
     """What the runner needs from `rsd_pl.eval.policy.RSDPolicy`: an action queue over the engine."""
 
+    stats: ChunkLog
+
     def reset(self) -> None: ...
     def select_action(self, batch: dict) -> np.ndarray | torch.Tensor: ...
-    def episode_stats(self) -> list[Any]: ...
 
 
 @dataclass
@@ -162,6 +168,7 @@ def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial
                            instruction=env.instruction, trial=trial, seed=seed, mode=mode,
                            success=False, status="error")
     seed_everything(seed)
+    first_chunk = len(policy.stats.chunks)  # the policy keeps statistics across episodes
     start = time.perf_counter()
     try:
         _rollout(env, policy, result, max_steps, image_size, record_frames)
@@ -173,5 +180,5 @@ def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial
         print(f"episode {env.suite} task {env.task_id} trial {trial} mode {mode} failed:\n{result.error}",
               file=sys.stderr)
     result.wall_s = round(time.perf_counter() - start, 3)
-    _add_chunk_stats(result, policy.episode_stats())
+    _add_chunk_stats(result, policy.stats.chunks[first_chunk:])
     return result
