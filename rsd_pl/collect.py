@@ -32,6 +32,7 @@ from rsd_pl.envs import (
     task_info,
 )
 from rsd_pl.errors import RsdError
+from rsd_pl.experts.pick_place import PickPlaceExpert
 from rsd_pl.experts.rollout import ExpertEpisode, run_expert_episode
 
 
@@ -194,7 +195,10 @@ def main(argv: list[str]) -> int:
     spec = suite_spec(cfg.suite)
     tasks = [check_index(f"task id for {spec.name}", t, spec.num_tasks) for t in parse_index_list(cfg.tasks)]
     for task_id in tasks:  # index, schema and corruption checks before any simulation
-        where = f"{cfg.suite} task {task_id}"
+        where, info = f"{cfg.suite} task {task_id}", task_info(cfg.suite, task_id)
+        if not PickPlaceExpert.supports(info.goal):
+            raise RsdError(f"{where} ({info.instruction!r}): goal {info.goal} is not supported by the "
+                           "pick-and-place expert (it handles one on/in goal)")
         pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
         with open_writer(cfg, task_id):
             pass

@@ -53,6 +53,7 @@ class TaskInfo:
     bddl_file: str            # absolute path of the installed BDDL file
     bddl_relpath: str         # "<suite folder>/<file>.bddl", portable across installs
     problem_name: str
+    goal: list[list[str]]     # parsed BDDL goal, e.g. [['on', 'akita_black_bowl_1', 'plate_1']]
 
 
 def task_info(suite: str, task_id: int) -> TaskInfo:
@@ -61,13 +62,14 @@ def task_info(suite: str, task_id: int) -> TaskInfo:
     check_index(f"task id for {suite}", task_id, spec.num_tasks)
     ensure_mujoco_gl()
     from libero.libero import get_libero_path
-    from libero.libero.envs.bddl_utils import get_problem_info
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
 
     task = _benchmark(suite).get_task(task_id)
     relpath = os.path.join(task.problem_folder, task.bddl_file)
     bddl_file = os.path.join(get_libero_path("bddl_files"), relpath)
-    return TaskInfo(suite, task_id, task.name, task.language, bddl_file, relpath,
-                    get_problem_info(bddl_file)["problem_name"])
+    problem = robosuite_parse_problem(bddl_file)
+    return TaskInfo(suite, task_id, task.name, task.language, bddl_file, relpath, problem["problem_name"],
+                    [list(g) for g in problem["goal_state"]])
 
 
 def num_init_states(suite: str, task_id: int) -> int:
@@ -172,11 +174,12 @@ class LiberoEnv:
 
     # --- privileged state --------------------------------------------------------------------
     def goal_pair(self) -> tuple[str, str]:
-        """(object, target) of the first binary goal predicate, e.g. ('akita_black_bowl_1', 'plate_1')."""
-        for predicate in self.goal:
-            if len(predicate) == 3:
-                return predicate[1], predicate[2]
-        raise RsdError(f"{self.task_name}: goal {self.goal} has no (object, target) predicate")
+        """(object, target) of the first goal predicate, e.g. ('akita_black_bowl_1', 'plate_1').
+
+        A unary predicate (`open`, `turnon`, ...) names one entity: it is then both object and target.
+        """
+        args = self.goal[0][1:]
+        return args[0], args[-1]
 
     def entity_pos(self, name: str) -> np.ndarray:
         """World xyz of an object/fixture body or a region site named in the BDDL."""

@@ -54,11 +54,16 @@ class PickPlaceExpert:
     def __init__(self, config: ExpertConfig | None = None) -> None:
         self.config = config or ExpertConfig()
 
+    @staticmethod
+    def supports(goal: list[list[str]]) -> bool:
+        """True for a single `on(X, Y)` / `in(X, Y)` goal (libero_spatial, libero_object, part of goal)."""
+        return len(goal) == 1 and len(goal[0]) == 3 and goal[0][0] in SUPPORTED_PREDICATES
+
     def reset(self, env) -> None:
-        predicate = next((g for g in env.goal if len(g) == 3), None)
-        if predicate is None or predicate[0] not in SUPPORTED_PREDICATES:
-            raise ValueError(f"{env.task_name}: goal {env.goal} is not a pick-and-place goal")
-        self.env, self.object_name, self.target_name = env, predicate[1], predicate[2]
+        if not self.supports(env.goal):
+            raise ValueError(f"{env.task_name}: goal {env.goal} is not a single pick-and-place goal")
+        _, self.object_name, self.target_name = env.goal[0]
+        self.env = env
         raw = env.raw
         self.object_body = raw.obj_body_id[self.object_name]
         self.target_body = self._target_body(raw, self.target_name)
