@@ -118,3 +118,26 @@ def test_reconstruction_on_smooth_chunks(tmp_path, one_thread):
     assert errors[-1] < 0.01, errors
     assert all(deeper <= coarser + 1e-6 for coarser, deeper in zip(errors, errors[1:], strict=False)), errors
     assert errors[0] > 2 * errors[2], errors  # the first layers matter
+
+
+def test_load_tokenizer_refuses_mismatched_artifacts(tmp_path):
+    from rsd_pl.errors import RsdError
+    from rsd_pl.models.rfsq import load_tokenizer
+    from rsd_pl.registry import Registry
+
+    registry = Registry(tmp_path)
+    model = ActionRFSQAE(hidden=16)
+    stats = {"stats": {k: [0.0] * 7 for k in ("q01", "q99", "mean", "std", "min", "max")} | {"mask": [True] * 7}}
+    registry.export("rfsq", model.state_dict(), config={"model": {**model.config, "hidden": 24}},
+                    metrics={}, lineage={}, extra_json=stats)
+    with pytest.raises(RsdError, match=r"rfsq@1.*do not fit its config"):
+        load_tokenizer("rfsq@1", registry)
+    registry.export("rfsq", model.state_dict(), config={"hidden": 16}, metrics={}, lineage={}, extra_json=stats)
+    with pytest.raises(RsdError, match=r"rfsq@2.*no 'model' section"):
+        load_tokenizer("rfsq@2", registry)
+    with pytest.raises(RsdError):
+        load_tokenizer("nothere@best", registry)
+    registry.export("rfsq", model.state_dict(), config={"model": model.config}, metrics={}, lineage={},
+                    extra_json=stats)
+    loaded, normalizer, artifact = load_tokenizer("rfsq@latest", registry)
+    assert artifact.version == 3 and not loaded.training and normalizer.action_dim == 7
