@@ -8,14 +8,29 @@ certainly different ("wrong"), or a fixed random function of the lower layers ("
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
 import torch
 from torch import Tensor, nn
 
 from rsd_pl.data.normalize import ActionNormalizer
 from rsd_pl.models.backbone import BackboneConfig
+from rsd_pl.models.draft import DraftConfig, DraftModel
 from rsd_pl.models.main_model import MainModel, MainModelConfig
 from rsd_pl.models.rfsq import ActionRFSQAE
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One intra-op thread while a test runs: toy-sized ops on a shared 2-core machine are 10-50x
+    slower with 2 threads under contention (measured), and results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 TINY_BACKBONE = dict(
     vision_hidden=16, vision_layers=1, vision_heads=2, vision_mlp=32,
@@ -47,6 +62,14 @@ def tiny_batch(seed: int, batch_size: int, dtype: torch.dtype = torch.float64, r
     words = ["pick up the bowl", "open the drawer", "put the bowl on the plate"]
     instruction = [words[(seed + (0 if repeat else i)) % len(words)] for i in range(batch_size)]
     return {"images": images, "proprio": proprio, "instruction": instruction}
+
+
+def tiny_draft(main: MainModel, seed: int) -> DraftModel:
+    """A real DraftModel at toy size, random init (so it is mostly wrong), same dtype as the main."""
+    torch.manual_seed(seed)
+    cfg = DraftConfig(main_hidden=main.hidden_size, hidden=16, layers=1, heads=2, mlp=32, chunk_len=main.chunk_len,
+                      latent_dim=main.latent_dim, num_layers=main.num_layers, num_levels=main.num_levels)
+    return DraftModel(cfg).to(next(main.parameters()).dtype).eval()
 
 
 def tiny_tokenizer(main: MainModel, seed: int = 0) -> ActionRFSQAE:

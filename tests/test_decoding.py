@@ -14,7 +14,17 @@ import torch
 
 from rsd_pl.decoding import DecodingConfig, DecodingEngine, StatsAggregator
 from rsd_pl.errors import RsdError
-from tests.stubs import ScriptedDraft, tiny_batch, tiny_main, tiny_normalizer, tiny_tokenizer
+from tests.stubs import (
+    ScriptedDraft,
+    single_thread,  # noqa: F401  (fixture)
+    tiny_batch,
+    tiny_draft,
+    tiny_main,
+    tiny_normalizer,
+    tiny_tokenizer,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_engine(main, mode: str, draft=None, **config) -> DecodingEngine:
@@ -28,8 +38,9 @@ def random_plan(seed: int, num_layers: int) -> dict[int, str]:
 
 
 def test_speculative_exact_equals_greedy_ar() -> None:
-    """8 random tiny models and inputs, k = 1..7, drafts right / wrong / random per layer."""
-    for seed in range(8):
+    """16 random tiny models and inputs, k = 1..7; a scripted draft (right / wrong / random per
+    layer, so rounds accept 0..k layers) and a random real DraftModel."""
+    for seed in range(16):
         draft_len = (1, 2, 3, 5, 7)[seed % 5]
         main = tiny_main(seed)
         batch = tiny_batch(seed, batch_size=2)
@@ -40,6 +51,8 @@ def test_speculative_exact_equals_greedy_ar() -> None:
         np.testing.assert_array_equal(result.actions, reference.actions)
         assert reference.stats.main_forwards == main.num_layers
         assert 2 <= result.stats.main_forwards <= main.num_layers
+        real_draft = make_engine(main, "speculative", tiny_draft(main, seed), draft_len=draft_len)
+        assert torch.equal(real_draft.decode_chunk(batch).codes, reference.codes), f"real draft, seed {seed}"
 
 
 def test_always_right_draft_needs_two_main_forwards() -> None:
@@ -125,6 +138,15 @@ def test_speculative_without_draft_is_an_error() -> None:
     main = tiny_main(0)
     with pytest.raises(RsdError, match="needs a draft"):
         make_engine(main, "speculative", draft=None)
+
+
+def test_mismatched_shapes_are_an_error() -> None:
+    main = tiny_main(0)
+    other = tiny_main(0, num_layers=4)
+    with pytest.raises(RsdError, match="num_layers"):
+        make_engine(main, "speculative", draft=tiny_draft(other, 0))
+    with pytest.raises(RsdError, match="tokenizer num_layers"):
+        DecodingEngine(main, tiny_tokenizer(other), tiny_normalizer(), DecodingConfig(mode="ar"))
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,17 @@ import torch
 
 from rsd_pl.decoding import DecodingConfig, DecodingEngine
 from rsd_pl.decoding.acceptance import LayerVerdict, SamplingRule
-from tests.stubs import ScriptedDraft, tiny_batch, tiny_main, tiny_normalizer, tiny_tokenizer
+from tests.stubs import (
+    ScriptedDraft,
+    single_thread,  # noqa: F401  (fixture)
+    tiny_batch,
+    tiny_draft,
+    tiny_main,
+    tiny_normalizer,
+    tiny_tokenizer,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TEMPERATURE = 1.0
 NUM_SAMPLES = 5000
@@ -103,6 +113,12 @@ def test_speculative_sampling_matches_ar_distribution(setting, plan: dict, draft
     batch = tiny_batch(11, batch_size=NUM_SAMPLES, dtype=torch.float32, repeat=True)
     draft = ScriptedDraft(main, batch, plan=plan, seed=5)
     assert chi_square_p_value(draw(main, 11, "speculative", draft, draft_len), probs) > 1e-3
+
+
+def test_speculative_sampling_with_a_real_draft_matches_ar_distribution(setting) -> None:
+    main, probs = setting
+    draft = tiny_draft(main, seed=3)
+    assert chi_square_p_value(draw(main, 11, "speculative", draft, 2), probs) > 1e-3
 
 
 def test_the_statistical_test_rejects_a_broken_rule(setting) -> None:

@@ -8,7 +8,16 @@ import pytest
 from rsd_pl.decoding import DecodingConfig, DecodingEngine
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.policy import RSDPolicy
-from tests.stubs import ScriptedDraft, tiny_batch, tiny_main, tiny_normalizer, tiny_tokenizer
+from tests.stubs import (
+    ScriptedDraft,
+    single_thread,  # noqa: F401  (fixture)
+    tiny_batch,
+    tiny_main,
+    tiny_normalizer,
+    tiny_tokenizer,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_policy(mode: str = "speculative", **kwargs) -> tuple[RSDPolicy, dict]:

@@ -43,7 +43,9 @@ class DecodingEngine:
         config.validate()
         if config.mode == "speculative" and draft is None:
             raise RsdError("decoding.mode='speculative' needs a draft model, and none was given")
-        _check_shapes(main, tokenizer)
+        _check_shapes(main, tokenizer, "tokenizer")
+        if draft is not None:
+            _check_shapes(main, draft, "draft")
         self.main, self.tokenizer, self.normalizer, self.draft, self.config = main, tokenizer, normalizer, draft, config
         self.device = module_device(main)
         for module in (main, tokenizer, draft):
@@ -127,11 +129,13 @@ class DecodingEngine:
         return raw
 
 
-def _check_shapes(main: MainLike, tokenizer: TokenizerLike) -> None:
+def _check_shapes(main: MainLike, other: object, what: str) -> None:
+    """The tokenizer / draft must use the main model's T, d, L, K (read from attributes or .cfg)."""
     for key in ("num_layers", "chunk_len", "latent_dim", "num_levels"):
-        main_value, tok_value = getattr(main, key), getattr(tokenizer, key, None)
-        if tok_value is not None and tok_value != main_value:
-            raise RsdError(f"tokenizer {key}={tok_value} does not match the main model's {key}={main_value}")
+        main_value = getattr(main, key)
+        value = getattr(other, key, getattr(getattr(other, "cfg", None), key, None))
+        if value is not None and value != main_value:
+            raise RsdError(f"{what} {key}={value} does not match the main model's {key}={main_value}")
 
 
 def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
