@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -71,6 +72,9 @@ class EvalConfig:
     devices: int | str = 1
     """Lightning devices per node; episodes are sharded across devices x num_nodes."""
     num_nodes: int = 1
+    torch_threads: int | None = None
+    """CPU threads for torch (null = torch's default). On a shared CPU use 1: an oversubscribed
+    OpenMP pool makes chunk latencies 10-100x slower and erratic."""
     progress_bar: bool = True
 
 
@@ -100,6 +104,8 @@ def validate_config(cfg: EvalConfig) -> None:
                        "(e.g. draft@best) or remove speculative from modes")
     if cfg.num_trials < 1:
         raise RsdError(f"num_trials={cfg.num_trials}: must be >= 1")
+    if cfg.torch_threads is not None and cfg.torch_threads < 1:
+        raise RsdError(f"torch_threads={cfg.torch_threads}: must be >= 1 or null")
     if cfg.camera_size < 1:
         raise RsdError(f"camera_size={cfg.camera_size}: must be >= 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -385,6 +391,8 @@ def main(argv: list[str]) -> int:
     """`python -m rsd_pl eval --config configs/eval_libero_spatial.yaml [--field value ...]`."""
     cfg = parse_config(argv)
     validate_config(cfg)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
     models, obs = load_models(cfg)
     make_policy = policy_factory(cfg, models)
     for mode in cfg.modes:  # builds each engine once: shape / mode / draft errors surface here
