@@ -1,0 +1,235 @@
+"""`python -m rsd_pl bench`: latency per chunk of every decoding mode, measured in one run.
+
+For each setting (tiny presets on CPU with random weights; a Llama-2-7B-shaped random bf16
+backbone when CUDA is available; or trained models from the registry) the modes are run
+round-robin on the same observations, so machine noise hits all of them alike. Reports p50 / p95
+latency, main and draft forwards per chunk, acceptance, and the speedup of speculative over ar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsd_pl.data.normalize import ActionNormalizer
+from rsd_pl.decoding import MODES, DecodingConfig, DecodingEngine, StatsAggregator
+from rsd_pl.errors import RsdError
+from rsd_pl.models.backbone import TINY_PRESETS, BackboneConfig
+from rsd_pl.models.draft import DraftConfig, DraftModel
+from rsd_pl.models.main_model import MainModel, MainModelConfig
+from rsd_pl.models.rfsq import ActionRFSQAE
+
+# Llama-2-7B language dims (OpenVLA's LLM) and a ViT-L-sized vision tower at 224 px / patch 14.
+SCALE_7B = dict(vision_hidden=1024, vision_layers=24, vision_heads=16, vision_mlp=4096,
+                hidden=4096, layers=32, heads=32, kv_heads=32, mlp=11008)
+INSTRUCTIONS = ["pick up the black bowl next to the plate and place it on the plate",
+                "pick up the black bowl on the stove and place it on the plate"]
+
+
+@dataclass
+class BenchSetting:
+    name: str
+    main: MainModel
+    draft: DraftModel
+    tokenizer: ActionRFSQAE
+    normalizer: ActionNormalizer
+    weights: str
+    """'random' or the registry specs the models came from."""
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rsd_pl bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="*", default=list(TINY_PRESETS),
+                        help="tiny presets to build with random weights (default: all); none with --main")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--chunks", type=int, default=30, help="timed chunks per mode")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed chunks per mode first")
+    parser.add_argument("--draft_len", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--scale_7b", choices=["auto", "on", "off"], default="auto",
+                        help="Llama-2-7B-shaped random bf16 backbone on CUDA (auto: when CUDA is available)")
+    parser.add_argument("--main", default=None, help="registry spec of a trained main model (e.g. main@best)")
+    parser.add_argument("--draft", default=None, help="registry spec of its draft (e.g. draft@best)")
+    parser.add_argument("--tokenizer", default=None, help="registry spec (default: the main model's lineage)")
+    parser.add_argument("--registry", default="checkpoints")
+    parser.add_argument("--out", default="runs/bench/decoding.json")
+    args = parser.parse_args(argv)
+    if args.chunks < 1 or args.warmup < 0:
+        raise RsdError(f"--chunks={args.chunks} must be >= 1 and --warmup={args.warmup} >= 0")
+    if (args.main is None) != (args.draft is None):
+        raise RsdError("--main and --draft go together (speculative decoding needs both)")
+    unknown = set(args.presets) - set(TINY_PRESETS)
+    if unknown:
+        raise RsdError(f"--presets: unknown {sorted(unknown)}; known: {sorted(TINY_PRESETS)}")
+    return args
+
+
+def identity_normalizer(action_dim: int = 7) -> ActionNormalizer:
+    """q01 = -1, q99 = 1: un-normalisation is the identity (random weights have no data statistics)."""
+    low, high = -np.ones(action_dim), np.ones(action_dim)
+    return ActionNormalizer(q01=low, q99=high, mean=np.zeros(action_dim), std=np.ones(action_dim),
+                            min=low, max=high)
+
+
+def random_setting(preset: str, device: torch.device) -> BenchSetting:
+    """The tiny preset as configs/main_tiny.yaml builds it, random init, float32."""
+    torch.manual_seed(0)
+    backbone = BackboneConfig(preset=preset, image_size=64, patch_size=8, image_pool=2, use_object_pos=True)
+    main = MainModel(MainModelConfig(backbone=backbone)).to(device)
+    draft = DraftModel(DraftConfig(main_hidden=main.hidden_size)).to(device)
+    return BenchSetting(f"{preset} ({device.type}, fp32)", main, draft, ActionRFSQAE(), identity_normalizer(),
+                        weights="random")
+
+
+@contextmanager
+def _build_on(device: torch.device, dtype: torch.dtype):
+    """Create parameters directly on `device` in `dtype` (a 7B model never touches CPU memory)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def scale_7b_setting(device: torch.device) -> BenchSetting:
+    torch.manual_seed(0)
+    backbone = BackboneConfig(preset="tiny-30m", image_size=224, patch_size=14, image_pool=1,
+                              use_object_pos=False, extra=dict(SCALE_7B))
+    with _build_on(device, torch.bfloat16):
+        main = MainModel(MainModelConfig(backbone=backbone))
+        draft = DraftModel(DraftConfig(main_hidden=main.hidden_size, hidden=512, layers=2, heads=8, mlp=2048))
+    notes = [f"main: {sum(p.numel() for p in main.parameters()) / 1e9:.2f}B params, "
+             f"draft: {sum(p.numel() for p in draft.parameters()) / 1e6:.1f}M params"]
+    return BenchSetting("llama2-7b-shaped (cuda, bf16)", main, draft, ActionRFSQAE().to(device),
+                        identity_normalizer(), weights="random", notes=notes)
+
+
+def registry_setting(args: argparse.Namespace, device: torch.device) -> BenchSetting:
+    from rsd_pl.models.draft import load_draft
+    from rsd_pl.models.main_model import load_main
+    from rsd_pl.models.rfsq import load_tokenizer
+    from rsd_pl.registry import Registry
+
+    registry = Registry(args.registry)
+    main, main_art = load_main(args.main, registry)
+    draft, _ = load_draft(args.draft, registry, main_spec=main_art.spec)
+    tokenizer_spec = args.tokenizer or main_art.lineage.get("tokenizer")
+    if tokenizer_spec is None:
+        raise RsdError(f"{main_art.spec}: lineage names no tokenizer; pass --tokenizer")
+    tokenizer, normalizer, _ = load_tokenizer(tokenizer_spec, registry)
+    specs = f"{main_art.spec}, {args.draft}, {tokenizer_spec}"
+    return BenchSetting(f"registry ({device.type})", main.to(device), draft.to(device), tokenizer, normalizer,
+                        weights=specs)
+
+
+def observation_batches(main: MainModel, count: int, device: torch.device) -> list[dict]:
+    """`count` random model batches (docs/contracts.md) of one observation shaped for `main`."""
+    cfg = main.cfg.backbone
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for i in range(count):
+        side = cfg.image_size
+        batch = {
+            "images": torch.rand(1, cfg.num_cameras, 3, side, side, generator=generator).to(device),
+            "proprio": torch.randn(1, cfg.proprio_dim, generator=generator).to(device),
+            "instruction": [INSTRUCTIONS[i % len(INSTRUCTIONS)]],
+        }
+        if cfg.use_object_pos:
+            batch["object_pos"] = torch.randn(1, cfg.object_pos_dim, generator=generator).to(device)
+        batches.append(batch)
+    return batches
+
+
+def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
+    """Round-robin over modes: warmup chunks, then `args.chunks` timed chunks per mode."""
+    engines = {
+        mode: DecodingEngine(setting.main, setting.tokenizer, setting.normalizer,
+                             DecodingConfig(mode=mode, draft_len=args.draft_len),
+                             setting.draft if mode == "speculative" else None)
+        for mode in args.modes
+    }
+    device = next(setting.main.parameters()).device
+    batches = observation_batches(setting.main, 4, device)
+    aggregators = {mode: StatsAggregator() for mode in args.modes}
+    for step in range(args.warmup + args.chunks):
+        batch = batches[step % len(batches)]
+        for mode, engine in engines.items():
+            stats = engine.decode_chunk(batch).stats
+            if step >= args.warmup:
+                aggregators[mode].add(stats)
+    summaries = {mode: agg.summary() for mode, agg in aggregators.items()}
+    result = {"setting": setting.name, "weights": setting.weights, "device": str(device),
+              "threads": torch.get_num_threads(), "notes": setting.notes, "modes": summaries}
+    if "ar" in summaries and "speculative" in summaries:
+        ar, spec = summaries["ar"], summaries["speculative"]
+        result["speedup_speculative_over_ar_p50"] = ar["latency_p50_ms"] / spec["latency_p50_ms"]
+        result["speedup_speculative_over_ar_mean"] = ar["latency_mean_ms"] / spec["latency_mean_ms"]
+    return result
+
+
+def format_result(result: dict) -> str:
+    lines = [f"== {result['setting']}  weights: {result['weights']}  threads: {result['threads']}"]
+    lines += [f"   {note}" for note in result["notes"]]
+    lines.append(f"   {'mode':<12}{'p50 ms':>9}{'p95 ms':>9}{'main fw':>9}{'draft fw':>9}{'accept':>8}"
+                 f"{'prefill':>9}{'draft':>8}{'verify':>8}{'decode':>8}")
+    for mode, s in result["modes"].items():
+        accept = "-" if s["acceptance_rate"] is None else f"{s['acceptance_rate']:.2f}"
+        lines.append(f"   {mode:<12}{s['latency_p50_ms']:>9.2f}{s['latency_p95_ms']:>9.2f}"
+                     f"{s['main_forwards_per_chunk']:>9.2f}{s['draft_forwards_per_chunk']:>9.2f}{accept:>8}"
+                     f"{s['prefill_mean_ms']:>9.2f}{s['draft_mean_ms']:>8.2f}{s['verify_mean_ms']:>8.2f}"
+                     f"{s['decode_mean_ms']:>8.2f}")
+    if "speedup_speculative_over_ar_p50" in result:
+        lines.append(f"   speculative vs ar: {result['speedup_speculative_over_ar_p50']:.2f}x (p50), "
+                     f"{result['speedup_speculative_over_ar_mean']:.2f}x (mean)")
+    if result["weights"] == "random":
+        lines.append("   RANDOM WEIGHTS: latencies are real, acceptance is not (an untrained draft is ~never "
+                     "right, so speculative pays L main forwards + the draft: its worst case).")
+    return "\n".join(lines)
+
+
+def settings_to_run(args: argparse.Namespace) -> list[tuple[str, Callable[[], BenchSetting]]]:
+    """(name, builder) pairs; builders run one at a time so only one setting is in memory."""
+    cuda = torch.cuda.is_available()
+    if args.main is not None:
+        device = torch.device("cuda" if cuda else "cpu")
+        return [("registry", lambda: registry_setting(args, device))]
+    todo: list[tuple[str, Callable[[], BenchSetting]]] = [
+        (preset, lambda p=preset: random_setting(p, torch.device("cpu"))) for preset in args.presets
+    ]
+    if args.scale_7b == "on" and not cuda:
+        raise RsdError("--scale_7b on needs CUDA, and torch.cuda.is_available() is False")
+    if args.scale_7b != "off" and cuda:
+        todo.append(("llama2-7b", lambda: scale_7b_setting(torch.device("cuda"))))
+    return todo
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    results = []
+    for name, build in settings_to_run(args):
+        print(f"building {name} ...", flush=True)
+        result = run_setting(build(), args)
+        print(format_result(result), flush=True)
+        results.append(result)
+    if args.main is None and not torch.cuda.is_available():
+        print("llama2-7b-shaped setting skipped: CUDA is not available on this machine")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"config": vars(args), "torch": torch.__version__, "results": results}
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0

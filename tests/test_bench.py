@@ -1,0 +1,44 @@
+"""`python -m rsd_pl bench`: runs every requested mode in one run and writes the JSON report.
+No timing assertions (shared machines are noisy): only structure and forward counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rsd_pl.bench import main
+from rsd_pl.errors import RsdError
+from tests.stubs import single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_bench_writes_a_report_with_every_mode(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--presets", "tiny-5m", "--modes", "parallel", "ar", "speculative", "--chunks", "2", "--warmup", "0",
+            "--draft_len", "3", "--scale_7b", "off", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["weights"] == "random"
+    assert set(result["modes"]) == {"parallel", "ar", "speculative"}
+    assert result["modes"]["ar"]["main_forwards_per_chunk"] == 8.0
+    assert result["modes"]["parallel"]["main_forwards_per_chunk"] == 1.0
+    assert 2.0 <= result["modes"]["speculative"]["main_forwards_per_chunk"] <= 8.0
+    assert result["speedup_speculative_over_ar_p50"] > 0
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed and "speculative vs ar" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--main", "main@best"], "--main and --draft"),
+        (["--presets", "tiny-7b"], "unknown"),
+        (["--chunks", "0"], "--chunks"),
+    ],
+)
+def test_bench_bad_arguments(argv: list[str], message: str) -> None:
+    with pytest.raises(RsdError, match=message):
+        main(argv)
