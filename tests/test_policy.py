@@ -40,19 +40,21 @@ def test_queue_serves_the_whole_chunk_then_requeries() -> None:
     assert policy.last_stats.main_forwards == 2
 
 
-def test_reset_drops_the_queue() -> None:
+def test_reset_drops_the_queue_and_keeps_the_statistics() -> None:
     policy, batch = make_policy()
     policy.select_action(batch)
-    policy.reset()
     policy.select_action(batch)
-    assert len(policy.stats) == 2
+    assert len(policy.stats) == 1
+    policy.reset()
+    policy.select_action(batch)  # the queue was dropped: a new chunk is decoded
+    assert len(policy.stats.chunks) == 2
 
 
 def test_steps_per_chunk_and_batch_checks() -> None:
     policy, batch = make_policy(steps_per_chunk=4)
     for _ in range(8):
         policy.select_action(batch)
-    assert len(policy.stats) == 2
+    assert len(policy.stats) == 2  # 4 actions per chunk
     with pytest.raises(RsdError, match="steps_per_chunk"):
         make_policy(steps_per_chunk=9)
     policy.reset()

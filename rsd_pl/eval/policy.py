@@ -26,7 +26,8 @@ class RSDPolicy:
             raise RsdError(f"steps_per_chunk={steps_per_chunk} must be in 1..{chunk_len} (the chunk length)")
         self.engine = engine
         self.stats = StatsAggregator()
-        """Statistics of every chunk this policy decoded (across episodes)."""
+        """Statistics of every chunk this policy decoded, across episodes (`stats.chunks`, in order);
+        the episode runner slices out one episode's chunks."""
         self.last_stats: ChunkStats | None = None
         self._queue: deque[np.ndarray] = deque()
 
@@ -35,7 +36,7 @@ class RSDPolicy:
         return self.engine.config.mode
 
     def reset(self) -> None:
-        """Start of an episode: drop queued actions (statistics are kept)."""
+        """Start of an episode: drop queued actions (statistics are kept, see `stats`)."""
         self._queue.clear()
 
     def predict_action_chunk(self, batch: dict) -> tuple[np.ndarray, ChunkStats]:
