@@ -159,14 +159,25 @@ def build_text_tokenizer(vocab_size: int = 512):
 
 
 class StateProjector(nn.Module):
-    """A low-dimensional state vector -> one prefix token: [B, n] -> [B, 1, H]."""
+    """A low-dimensional state vector -> one prefix token: [B, n] -> [B, 1, H].
+
+    The raw state is standardised with `mean` / `std` buffers (set from the training data by the
+    LightningModule, saved with the weights), so callers always pass raw env values.
+    """
 
     def __init__(self, in_dim: int, hidden_size: int):
         super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
 
+    @torch.no_grad()
+    def set_stats(self, mean: Tensor, std: Tensor, min_std: float = 1e-3) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=min_std))
+
     def forward(self, state: Tensor) -> Tensor:
-        return self.net(state).unsqueeze(1)  # (B, 1, H)
+        return self.net((state - self.mean) / self.std).unsqueeze(1)  # (B, 1, H)
 
 
 def _state_tokens(batch: dict, proprio: StateProjector, object_proj: StateProjector | None,
@@ -235,7 +246,7 @@ class TinyVLM(nn.Module):
         """images [B, V, 3, S, S] in [0, 1] -> [B, V * patches, H]."""
         _check_images(images, self.cfg.num_cameras)
         batch, cams = images.shape[:2]
-        pixels = (images.flatten(0, 1) - 0.5) / 0.5  # (B*V, 3, S, S), SigLIP normalisation
+        pixels = ((images.flatten(0, 1) - 0.5) / 0.5).to(self.dtype)  # (B*V, 3, S, S), SigLIP normalisation
         patches = self.vision(pixel_values=pixels).last_hidden_state  # (B*V, N, Hv)
         if self.cfg.image_pool > 1:
             grid = int(patches.shape[1] ** 0.5)
@@ -248,7 +259,7 @@ class TinyVLM(nn.Module):
         """-> [B, P, H]: image patches, instruction tokens, proprio token (, object_pos token)."""
         images = batch["images"]
         text = self.language.embed_tokens(self.text_ids(batch["instruction"]).to(images.device))
-        states = _state_tokens(batch, self.proprio_proj, self.object_proj, images.dtype)
+        states = _state_tokens(batch, self.proprio_proj, self.object_proj, self.dtype)
         return torch.cat([self.image_tokens(images), text, *states], dim=1)  # (B, P, H)
 
     def run(self, embeds: Tensor, cache: DynamicCache | None = None,
