@@ -9,6 +9,8 @@ printed. `export_payload()` is what the checkpoint registry stores as `rfsq@<ver
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
@@ -30,7 +32,7 @@ class RFSQModule(L.LightningModule):
         num_levels: Levels per scalar and layer (K, odd).
         hidden: Width of the encoder/decoder MLPs.
         num_hidden: Hidden layers in each of the encoder and decoder MLPs.
-        lr: Peak AdamW learning rate (one-cycle schedule over the run).
+        lr: Peak AdamW learning rate (linear warm-up over 10% of the steps, then cosine decay).
         weight_decay: AdamW weight decay.
         quantize_dropout: Probability that a training sample is reconstructed from a random prefix
             depth 1..L instead of all L layers (makes coarse prefixes decode well on their own).
@@ -122,10 +124,9 @@ class RFSQModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
+        # Recomputed from the trainer on every (re)start, so a resumed run may also extend max_epochs.
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=total_steps, pct_start=0.1
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- validation: per-depth error, code usage, the 256-bin baseline -------------------------
@@ -208,6 +209,15 @@ class RFSQModule(L.LightningModule):
             "lineage": {"data_fingerprint": self.data_fingerprint},
             "extra_json": {"stats": self.normalizer_stats},
         }
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = 0.1, floor: float = 0.01) -> float:
+    """LR factor: linear warm-up over the first `warmup_fraction`, cosine decay to `floor`; flat after the end."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def depth_table(metrics: dict[str, float], num_layers: int, title: str) -> str:
