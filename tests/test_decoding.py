@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rsd_pl.decoding import DecodingConfig, DecodingEngine, StatsAggregator
+from rsd_pl.decoding.acceptance import RelaxedRule
 from rsd_pl.errors import RsdError
 from tests.stubs import (
     ScriptedDraft,
@@ -178,3 +179,23 @@ def test_aggregator_summary() -> None:
     assert summary["acceptance_rate"] == 0.0
     assert summary["acceptance_rate_by_depth"][0] is None
     assert summary["latency_p95_ms"] >= summary["latency_p50_ms"] > 0
+
+
+def test_relaxed_rule_accepts_exactly_when_the_action_gap_is_within_tau() -> None:
+    main = tiny_main(8)
+    tokenizer = tiny_tokenizer(main)
+    generator = torch.Generator().manual_seed(0)
+    shape = (6, main.chunk_len, main.latent_dim)
+    prefix = torch.randint(0, main.num_levels, (*shape, 2), generator=generator)  # [B, T, d, 2]
+    draft_codes = torch.randint(0, main.num_levels, shape, generator=generator)  # [B, T, d]
+    main_logits = torch.randn(*shape, main.num_levels, generator=generator)  # [B, T, d, K]
+    main_codes = main_logits.argmax(-1)
+    with torch.no_grad():
+        gap = (tokenizer.decode_codes(torch.cat([prefix, draft_codes[..., None]], -1))
+               - tokenizer.decode_codes(torch.cat([prefix, main_codes[..., None]], -1))).abs().flatten(1).amax(1)
+        tau = float(gap.median())
+        verdict = RelaxedRule(tau, tokenizer.decode_codes).verify(draft_codes, main_logits, main_logits, prefix)
+    assert torch.equal(verdict.accepted, gap <= tau)
+    assert 0 < int(verdict.accepted.sum()) < 6
+    expected = torch.where(verdict.accepted[:, None, None], draft_codes, main_codes)
+    assert torch.equal(verdict.codes, expected)
