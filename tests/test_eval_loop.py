@@ -53,14 +53,26 @@ def test_main_refuses_bad_input_before_any_episode(tmp_path, capsys):
     assert not (tmp_path / "run" / EPISODES_FILE).exists()
 
 
-def test_episode_list_same_seeds_for_every_mode(tmp_path):
+def test_episode_list_one_item_per_episode_with_its_modes(tmp_path):
     items = loop.episode_list(_cfg(tmp_path, tasks="1-2", num_trials=3, modes=["ar", "speculative"],
                                    videos_per_task=1, max_steps=None))
-    assert len(items) == 2 * 3 * 2
+    assert len(items) == 2 * 3 and loop.count_runs(items) == 2 * 3 * 2
     assert {i["max_steps"] for i in items} == {220}
-    by_key = {(i["task_id"], i["trial"], i["mode"]): i for i in items}
-    assert by_key[(2, 1, "ar")]["seed"] == by_key[(2, 1, "speculative")]["seed"] == 7 + 2000 + 1
-    assert [i["record"] for i in items if i["task_id"] == 1 and i["mode"] == "ar"] == [True, False, False]
+    by_key = {(i["task_id"], i["trial"]): i for i in items}
+    assert by_key[(2, 1)]["seed"] == 7 + 2000 + 1 and by_key[(2, 1)]["modes"] == ["ar", "speculative"]
+    assert [i["record"] for i in items if i["task_id"] == 1] == [True, False, False]
+
+
+def test_pending_items_skip_finished_runs_per_mode(tmp_path):
+    cfg = _cfg(tmp_path, num_trials=2, modes=["ar", "speculative"], draft="draft@best")
+    out = tmp_path / "run"
+    out.mkdir()
+    done = [{"suite": "libero_spatial", "task_id": 0, "trial": 0, "mode": m, "status": "timeout"}
+            for m in ("ar", "speculative")] + [
+           {"suite": "libero_spatial", "task_id": 0, "trial": 1, "mode": "speculative", "status": "error"}]
+    (out / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in done))
+    items = loop.pending_items(cfg)
+    assert [(i["trial"], i["modes"]) for i in items] == [(1, ["ar"])]  # an errored run is not redone
 
 
 def test_merge_rank_files(tmp_path):

@@ -129,7 +129,11 @@ def decoding_for(cfg: EvalConfig, mode: str) -> DecodingConfig:
 
 
 def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:
-    """(suite, task, trial, seed) x modes, task-major so one env serves consecutive episodes."""
+    """One item per episode (suite, task, trial, seed), task-major, carrying the modes to run on it.
+
+    All modes of an episode run back to back in one predict step, so they share the rank (device),
+    the env and the seed: per-mode latencies are comparable even when episodes are sharded.
+    """
     from rsd_pl.envs import parse_index_list, suite_spec
 
     items = []
@@ -140,14 +144,14 @@ def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:
         for task_id in tasks:
             for trial in range(cfg.num_trials):
                 seed = cfg.seed + 1000 * task_id + trial
-                items += [{"suite": suite, "task_id": task_id, "trial": trial, "seed": seed,
-                           "mode": mode, "max_steps": max_steps,
-                           "record": trial < cfg.videos_per_task} for mode in cfg.modes]
+                items.append({"suite": suite, "task_id": task_id, "trial": trial, "seed": seed,
+                              "modes": list(cfg.modes), "max_steps": max_steps,
+                              "record": trial < cfg.videos_per_task})
     return items
 
 
 class EpisodeDataset(Dataset):
-    """The episodes still to run: one dict per (suite, task, trial, mode)."""
+    """The episodes still to run: one dict per (suite, task, trial) with its pending modes."""
 
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self.items = items
@@ -222,12 +226,16 @@ class EvalModule(L.LightningModule):
     def on_predict_start(self) -> None:
         self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
 
-    def predict_step(self, item: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+    def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """One episode (suite, task, trial, seed) in each of its pending modes; one log line per mode."""
+        return [self._run_mode(item, mode) for mode in item["modes"]]
+
+    def _run_mode(self, item: dict[str, Any], mode: str) -> dict[str, Any]:
         env = self._env_for(item["suite"], item["task_id"])
-        if item["mode"] not in self._policies:
-            self._policies[item["mode"]] = self.make_policy(item["mode"])
-        result = run_episode(env, self._policies[item["mode"]], item["max_steps"], trial=item["trial"],
-                             seed=item["seed"], mode=item["mode"], image_size=self.obs.image_size,
+        if mode not in self._policies:
+            self._policies[mode] = self.make_policy(mode)
+        result = run_episode(env, self._policies[mode], item["max_steps"], trial=item["trial"],
+                             seed=item["seed"], mode=mode, image_size=self.obs.image_size,
                              record_frames=item["record"])
         if result.frames:
             result.video = str(self._write_video(result))
@@ -276,18 +284,27 @@ class EvalModule(L.LightningModule):
 
 
 def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
-    """The episode list without the episodes already logged under cfg.out (resume)."""
+    """The episode list without the (suite, task, trial, mode) runs already logged under cfg.out."""
     done = {episode_key(r) for r in read_episodes(cfg.out)}
-    return [item for item in episode_list(cfg) if episode_key(item) not in done]
+    items = []
+    for item in episode_list(cfg):
+        modes = [m for m in item["modes"] if episode_key({**item, "mode": m}) not in done]
+        if modes:
+            items.append({**item, "modes": modes})
+    return items
+
+
+def count_runs(items: list[dict[str, Any]]) -> int:
+    return sum(len(item["modes"]) for item in items)
 
 
 def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec) -> dict[str, Any] | None:
     """Run the pending episodes through a Lightning predict loop, merge logs, write the report."""
     out_dir = Path(cfg.out)
     items = pending_items(cfg)
-    total = len(episode_list(cfg))
-    print(f"eval: {total - len(items)}/{total} episodes already in {out_dir / EPISODES_FILE}, "
-          f"{len(items)} to run")
+    total, pending = count_runs(episode_list(cfg)), count_runs(items)
+    print(f"eval: {total - pending}/{total} episode runs (episode x mode) already in "
+          f"{out_dir / EPISODES_FILE}, {pending} to run on {len(items)} episodes")
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=cfg.progress_bar)
