@@ -96,6 +96,11 @@ def test_no_validation_means_no_export_and_a_clear_error(tmp_path: Path) -> None
         run(["--config", str(write_config(tmp_path, max_epochs=1, limit_val_batches=0))])
 
 
+def test_failed_export_is_raised(tmp_path: Path) -> None:
+    with pytest.raises(RsdError, match="simulated failure"):
+        run(["--config", str(write_config(tmp_path, max_epochs=1)), "--model.init_args.fail_export", "true"])
+
+
 def test_model_without_export_protocol_is_refused(tmp_path: Path) -> None:
     argv = ["--config", str(write_config(tmp_path)), "--model", "lightning.pytorch.demos.boring_classes.BoringModel"]
     with pytest.raises(RsdError, match="BoringModel does not implement the export protocol: missing artifact_name"):

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from rsd_pl.errors import RsdError
+
 
 class TinyRegressionData(L.LightningDataModule):
     """y = x @ w_true + 0.5 with x [N, 4]; 8 train batches of 8, 2 val batches of 8."""
@@ -39,11 +41,14 @@ class TinyRegressionModule(L.LightningModule):
         artifact_name: Registry name of the export.
         lr: Learning rate of plain SGD.
         monitor_mode: "min" (val/loss is minimised).
+        fail_export: Make export_payload() raise (tests the error path).
     """
 
     monitor = "val/loss"
 
-    def __init__(self, artifact_name: str = "tiny", lr: float = 0.05, monitor_mode: str = "min") -> None:
+    def __init__(
+        self, artifact_name: str = "tiny", lr: float = 0.05, monitor_mode: str = "min", fail_export: bool = False
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.artifact_name = artifact_name
@@ -65,6 +70,8 @@ class TinyRegressionModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
     def export_payload(self) -> dict:
+        if self.hparams.fail_export:
+            raise RsdError("export_payload: simulated failure")
         return {
             "tensors": dict(self.net.state_dict()),
             "config": {"in_features": 4, "out_features": 1},

@@ -98,18 +98,30 @@ class RsdCLI(LightningCLI):
                 f"{self.model.monitor!r}; nothing exported"
             )
         resumed_from = self.trainer.ckpt_path
+        log_dir = Path(self.trainer.log_dir or self.run_dir)  # a collective under DDP: on every rank
         validated = self._validate(best)
-        if self.trainer.is_global_zero:
-            registry = Registry(self.config.fit.registry_root)
-            run_lineage = {
-                "checkpoint": str(Path(best).resolve()),
-                "run_config": str((Path(self.trainer.log_dir or self.run_dir) / "config.yaml").resolve()),
-                "run_dir": str(self.run_dir.resolve()),
-                "resumed_from": str(Path(resumed_from).resolve()) if resumed_from else None,
-            }
-            self.exported = export_to_registry(self.model, registry, validated, run_lineage, self._fit_config())
-            print(export_message(self.exported, registry))
-        self.trainer.strategy.barrier("rsd_pl.export")
+        run_lineage = {
+            "checkpoint": str(Path(best).resolve()),
+            "run_config": str((log_dir / "config.yaml").resolve()),
+            "run_dir": str(self.run_dir.resolve()),
+            "resumed_from": str(Path(resumed_from).resolve()) if resumed_from else None,
+        }
+        failure: Exception | None = None
+        try:
+            if self.trainer.is_global_zero:
+                self._export(validated, run_lineage)
+        except Exception as error:  # re-raised below, after telling the other ranks (no DDP hang)
+            failure = error
+        message = self.trainer.strategy.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise RsdError(f"registry export failed on rank 0: {message}")
+
+    def _export(self, validated: dict[str, float], run_lineage: dict[str, Any]) -> None:
+        registry = Registry(self.config.fit.registry_root)
+        self.exported = export_to_registry(self.model, registry, validated, run_lineage, self._fit_config())
+        print(export_message(self.exported, registry))
 
     def _validate(self, ckpt_path: str) -> dict[str, float]:
         """Metrics of the best checkpoint (its weights stay loaded); not logged a second time."""

@@ -1,0 +1,33 @@
+"""`fit` under DDP (2 CPU processes, gloo): only rank 0 exports, and nothing hangs after fit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_cli import write_config
+
+from rsd_pl.registry import Registry
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).resolve().parent
+
+
+def fit_subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """DDP relaunches `sys.argv` per rank, so it must run as `python -m rsd_pl fit`, not in pytest."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "rsd_pl", "fit", *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_two_ranks_export_once(tmp_path: Path) -> None:
+    config = write_config(tmp_path, max_epochs=2, devices=2, strategy="ddp")
+    done = fit_subprocess(["--config", str(config)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("exported tiny@1 (best)") == 1, done.stdout[-3000:]
+    registry = Registry(tmp_path / "checkpoints")
+    assert registry.versions("tiny") == [1]
+    assert registry.resolve("tiny@best").lineage["checkpoint"].endswith(".ckpt")
