@@ -199,3 +199,23 @@ def test_relaxed_rule_accepts_exactly_when_the_action_gap_is_within_tau() -> Non
     assert 0 < int(verdict.accepted.sum()) < 6
     expected = torch.where(verdict.accepted[:, None, None], draft_codes, main_codes)
     assert torch.equal(verdict.codes, expected)
+
+
+def test_env_actions_are_unnormalised_and_the_gripper_binarised() -> None:
+    engine = make_engine(tiny_main(9), "parallel")
+    normalized = torch.zeros(1, 3, 7)
+    normalized[0, :, 0] = torch.tensor([-1.0, 0.0, 1.0])
+    normalized[0, :, 6] = torch.tensor([-0.3, 0.0, 0.2])
+    actions = engine.to_env_actions(normalized)
+    np.testing.assert_allclose(actions[0, :, 0], [-0.9, 0.0, 0.9], atol=1e-6)  # q01/q99 of dim 0: -0.9/0.9
+    np.testing.assert_array_equal(actions[0, :, 6], [-1.0, -1.0, 1.0])  # -1 open, +1 close
+
+
+def test_stats_record_every_section() -> None:
+    main = tiny_main(10)
+    batch = tiny_batch(10, batch_size=1)
+    stats = make_engine(main, "speculative", tiny_draft(main, 10), draft_len=2).decode_chunk(batch).stats
+    assert min(stats.prefill_s, stats.draft_s, stats.verify_s, stats.decode_s) > 0
+    assert stats.total_s >= stats.prefill_s + stats.draft_s + stats.verify_s
+    assert stats.layers_decoded == main.num_layers
+    assert stats.to_dict()["acceptance_rate"] == stats.acceptance_rate
