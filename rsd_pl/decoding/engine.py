@@ -107,7 +107,9 @@ class DecodingEngine:
 
     def _early_exit_check(self, timer: SectionTimer):
         """Stop when the last decided layer moved the decoded action by less than the bound
-        (max abs over the chunk, every batch element): finer layers move it less still."""
+        (max abs over the chunk, every batch element): finer layers move it less still.
+        ar checks after every layer, speculative after every round, so with early exit the two
+        may stop at different depths (without it, exact speculative == greedy ar)."""
         bound = self.config.early_exit_bound
 
         def stop(codes: Tensor) -> bool:
