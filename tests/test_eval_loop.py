@@ -177,6 +177,16 @@ def test_load_models_follows_lineage_and_training_obs(tmp_path, tiny_registry):
     assert obs == loop.ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=16, object_pos=True)
 
 
+def test_obs_spec_follows_recorded_cameras():
+    config = {"model": {"backbone": {"image_size": 64, "num_cameras": 1, "use_object_pos": False}}}
+    assert loop.obs_spec_from_config(config, "m@1").cameras == ("agentview",)
+    config["data"] = {"cameras": ["eye_in_hand_rgb"]}
+    assert loop.obs_spec_from_config(config, "m@1").cameras == ("eye_in_hand",)
+    config["data"] = {"cameras": ["agentview_rgb", "eye_in_hand_rgb"]}
+    with pytest.raises(RsdError, match="num_cameras=1"):
+        loop.obs_spec_from_config(config, "m@1")
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"main": "main@1", "tokenizer": "rfsq@2", "draft": None}, "trained on rfsq@1: mismatched lineage"),
     ({"main": "main@1", "draft": "draft@2"}, "distilled from main@2, not from main=main@1"),

@@ -29,7 +29,6 @@ from rsd_pl.errors import RsdError
 from rsd_pl.eval.report import EPISODES_FILE, RANK_FILE_GLOB, episode_key, read_episodes, write_report
 from rsd_pl.eval.runner import EpisodeResult, run_episode
 
-CAMERA_ORDER = ("agentview", "eye_in_hand")  # backbone cameras: agentview first, then wrist
 DRAFT_MODES = ("speculative",)
 
 
@@ -257,7 +256,7 @@ class EvalModule(L.LightningModule):
             self._close_env()
             camera_size = self.camera_size if self.obs.cameras else None
             self._env = LiberoEnv(suite, task_id, camera_size=camera_size,
-                                  cameras=self.obs.cameras or CAMERA_ORDER[:1], seed=0)
+                                  cameras=self.obs.cameras, seed=0)
             self._env_key = (suite, task_id)
         return self._env
 
@@ -368,14 +367,25 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
 
 
 def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
-    """Cameras, image side and object_pos as the main model was trained (config['model']['backbone'])."""
+    """Cameras, image side and object_pos as the main model was trained.
+
+    From config['model']['backbone'] (image_size, num_cameras, use_object_pos). The cameras are the
+    artifact's config['data']['cameras'] (HDF5 keys such as 'agentview_rgb') when it records them,
+    otherwise the backbone's convention: agentview first, then the wrist camera.
+    """
+    from rsd_pl.envs import CAMERAS
+
     backbone = config.get("model", {}).get("backbone")
     if not isinstance(backbone, dict):
         raise RsdError(f"{source}: config has no model.backbone section")
     num_cameras = int(backbone.get("num_cameras", 1))
-    if not 0 <= num_cameras <= len(CAMERA_ORDER):
-        raise RsdError(f"{source}: model.backbone.num_cameras={num_cameras}: LIBERO has {len(CAMERA_ORDER)}")
-    return ObsSpec(cameras=CAMERA_ORDER[:num_cameras], image_size=int(backbone["image_size"]),
+    by_key = {hdf5_key: name for name, (_, hdf5_key) in CAMERAS.items()}
+    recorded = (config.get("data") or {}).get("cameras")
+    cameras = tuple(by_key.get(key, key) for key in recorded) if recorded else tuple(CAMERAS)[:num_cameras]
+    if len(cameras) != num_cameras or any(c not in CAMERAS for c in cameras):
+        raise RsdError(f"{source}: cameras {list(cameras)} do not fit model.backbone.num_cameras={num_cameras} "
+                       f"(LIBERO cameras: {', '.join(CAMERAS)})")
+    return ObsSpec(cameras=cameras, image_size=int(backbone["image_size"]),
                    object_pos=bool(backbone.get("use_object_pos", False)))
 
 
