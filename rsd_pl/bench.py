@@ -53,6 +53,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=30, help="timed chunks per mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed chunks per mode first")
     parser.add_argument("--draft_len", type=int, default=7)
+    parser.add_argument("--acceptance", default="exact", choices=["exact", "sampling", "relaxed"],
+                        help="speculative acceptance rule (sampling needs --temperature > 0)")
+    parser.add_argument("--tau", type=float, default=0.05, help="relaxed: max action gap, normalised units")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--scale_7b", choices=["auto", "on", "off"], default="auto",
                         help="Llama-2-7B-shaped random bf16 backbone on CUDA (auto: when CUDA is available)")
@@ -122,12 +126,12 @@ def registry_setting(args: argparse.Namespace, device: torch.device) -> BenchSet
 
     registry = Registry(args.registry)
     main, main_art = load_main(args.main, registry)
-    draft, _ = load_draft(args.draft, registry, main_spec=main_art.spec)
+    draft, draft_art = load_draft(args.draft, registry, main_spec=main_art.spec)
     tokenizer_spec = args.tokenizer or main_art.lineage.get("tokenizer")
     if tokenizer_spec is None:
         raise RsdError(f"{main_art.spec}: lineage names no tokenizer; pass --tokenizer")
     tokenizer, normalizer, _ = load_tokenizer(tokenizer_spec, registry)
-    specs = f"{main_art.spec}, {args.draft}, {tokenizer_spec}"
+    specs = f"{main_art.spec}, {draft_art.spec}, {tokenizer_spec}"
     return BenchSetting(f"registry ({device.type})", main.to(device), draft.to(device), tokenizer, normalizer,
                         weights=specs)
 
@@ -150,11 +154,18 @@ def observation_batches(main: MainModel, count: int, device: torch.device) -> li
     return batches
 
 
+def decoding_config(args: argparse.Namespace, mode: str) -> DecodingConfig:
+    """The bench's decoding flags for one mode (the acceptance rule only matters for speculative)."""
+    acceptance = args.acceptance if mode == "speculative" else ("sampling" if args.temperature > 0 else "exact")
+    return DecodingConfig(mode=mode, acceptance=acceptance, draft_len=args.draft_len, tau=args.tau,
+                          temperature=args.temperature)
+
+
 def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
     """Round-robin over modes: warmup chunks, then `args.chunks` timed chunks per mode."""
     engines = {
         mode: DecodingEngine(setting.main, setting.tokenizer, setting.normalizer,
-                             DecodingConfig(mode=mode, draft_len=args.draft_len),
+                             decoding_config(args, mode),
                              setting.draft if mode == "speculative" else None)
         for mode in args.modes
     }
@@ -169,6 +180,7 @@ def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
                 aggregators[mode].add(stats)
     summaries = {mode: agg.summary() for mode, agg in aggregators.items()}
     result = {"setting": setting.name, "weights": setting.weights, "device": str(device),
+              "decoding": decoding_config(args, "speculative").to_dict(),
               "threads": torch.get_num_threads(), "notes": setting.notes, "modes": summaries}
     if "ar" in summaries and "speculative" in summaries:
         ar, spec = summaries["ar"], summaries["speculative"]
@@ -178,14 +190,18 @@ def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
 
 
 def format_result(result: dict) -> str:
-    lines = [f"== {result['setting']}  weights: {result['weights']}  threads: {result['threads']}"]
+    spec = result["decoding"]
+    lines = [f"== {result['setting']}  weights: {result['weights']}  threads: {result['threads']}",
+             f"   speculative: acceptance={spec['acceptance']} k={spec['draft_len']} tau={spec['tau']} "
+             f"temperature={spec['temperature']}"]
     lines += [f"   {note}" for note in result["notes"]]
     lines.append(f"   {'mode':<12}{'p50 ms':>9}{'p95 ms':>9}{'main fw':>9}{'draft fw':>9}{'accept':>8}"
-                 f"{'prefill':>9}{'draft':>8}{'verify':>8}{'decode':>8}")
+                 f"{'agree':>7}{'prefill':>9}{'draft':>8}{'verify':>8}{'decode':>8}")
     for mode, s in result["modes"].items():
         accept = "-" if s["acceptance_rate"] is None else f"{s['acceptance_rate']:.2f}"
+        agree = "-" if s["code_agreement"] is None else f"{s['code_agreement']:.2f}"
         lines.append(f"   {mode:<12}{s['latency_p50_ms']:>9.2f}{s['latency_p95_ms']:>9.2f}"
-                     f"{s['main_forwards_per_chunk']:>9.2f}{s['draft_forwards_per_chunk']:>9.2f}{accept:>8}"
+                     f"{s['main_forwards_per_chunk']:>9.2f}{s['draft_forwards_per_chunk']:>9.2f}{accept:>8}{agree:>7}"
                      f"{s['prefill_mean_ms']:>9.2f}{s['draft_mean_ms']:>8.2f}{s['verify_mean_ms']:>8.2f}"
                      f"{s['decode_mean_ms']:>8.2f}")
     if "speedup_speculative_over_ar_p50" in result:

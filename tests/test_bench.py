@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_bench_writes_a_report_with_every_mode(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["--presets", "tiny-5m", "--modes", "parallel", "ar", "speculative", "--chunks", "2", "--warmup", "0",
-            "--draft_len", "3", "--scale_7b", "off", "--out", str(out)]
+            "--draft_len", "7", "--acceptance", "relaxed", "--tau", "1e9", "--scale_7b", "off", "--out", str(out)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     (result,) = report["results"]
@@ -25,7 +25,8 @@ def test_bench_writes_a_report_with_every_mode(tmp_path, capsys) -> None:
     assert set(result["modes"]) == {"parallel", "ar", "speculative"}
     assert result["modes"]["ar"]["main_forwards_per_chunk"] == 8.0
     assert result["modes"]["parallel"]["main_forwards_per_chunk"] == 1.0
-    assert 2.0 <= result["modes"]["speculative"]["main_forwards_per_chunk"] <= 8.0
+    assert result["modes"]["speculative"]["main_forwards_per_chunk"] == 2.0  # tau = 1e9 accepts every layer
+    assert result["decoding"]["acceptance"] == "relaxed"
     assert result["speedup_speculative_over_ar_p50"] > 0
     printed = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in printed and "speculative vs ar" in printed
