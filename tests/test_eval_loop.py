@@ -135,7 +135,7 @@ def test_rerun_resumes_and_skips_finished_episodes(tmp_path):
 
 
 def _tiny_registry(root) -> None:
-    """rfsq@1, rfsq@2; main@1 trained on rfsq@1, main@2 on rfsq@2; draft@1 from main@1, draft@2 from main@2."""
+    """rfsq@1, rfsq@2; main@v trained on rfsq@v; draft@v distilled from main@v."""
     from rsd_pl.data.normalize import ActionNormalizer
     from rsd_pl.models.backbone import BackboneConfig
     from rsd_pl.models.draft import DraftConfig, DraftModel

@@ -12,7 +12,8 @@ def test_write_video_reads_back(tmp_path):
     import imageio.v2 as imageio
 
     frames = [np.full((64, 128, 3), 10 * i, dtype=np.uint8) for i in range(6)]
-    path = write_video(tmp_path / "v" / "ep.mp4", frames, "put the bowl on the plate", "ar: success", "success")
+    path = write_video(tmp_path / "v" / "ep.mp4", frames, "put the bowl on the plate", "ar: success",
+                       "success")
     video = imageio.mimread(path)
     assert len(video) == 6
     assert video[0].shape[1] == 512 and video[0].shape[0] % 2 == 0  # upscaled to >= 256 px high

@@ -30,8 +30,10 @@ EPISODES = [
     # speculative: same episodes; one error
     _episode("speculative", 0, 0, "success", [5.0, 7.0], main=5, draft=14,
              proposed=[0, 2, 2, 2], accepted=[0, 2, 1, 0]),
-    _episode("speculative", 0, 1, "error", [9.0], main=4, draft=7, proposed=[0, 1, 1, 1], accepted=[0, 1, 0, 0]),
-    _episode("speculative", 1, 0, "success", [4.0], main=2, draft=7, proposed=[0, 1, 1, 1], accepted=[0, 1, 1, 1]),
+    _episode("speculative", 0, 1, "error", [9.0], main=4, draft=7,
+             proposed=[0, 1, 1, 1], accepted=[0, 1, 0, 0]),
+    _episode("speculative", 1, 0, "success", [4.0], main=2, draft=7,
+             proposed=[0, 1, 1, 1], accepted=[0, 1, 1, 1]),
 ]
 
 

@@ -13,8 +13,6 @@ lineage of tokenizer -> main -> draft, a draft for speculative mode.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from rsd_pl.decoding.config import MODES, DecodingConfig
 from rsd_pl.errors import RsdError
-from rsd_pl.eval.report import EPISODES_FILE, RANK_FILE_GLOB, episode_key, read_episodes, write_report
+from rsd_pl.eval.report import (
+    EPISODES_FILE,
+    EpisodeLog,
+    episode_key,
+    merge_rank_files,
+    read_episodes,
+    write_report,
+)
 from rsd_pl.eval.runner import EpisodeResult, run_episode
 
 DRAFT_MODES = ("speculative",)
@@ -167,42 +172,6 @@ def first_item(items: list[dict[str, Any]]) -> dict[str, Any]:
     return items[0]
 
 
-class EpisodeLog:
-    """Appends one JSON line per finished episode and flushes it (a kill loses at most one line)."""
-
-    def __init__(self, out_dir: Path, rank: int, world_size: int) -> None:
-        name = EPISODES_FILE if world_size == 1 else f"episodes.rank{rank}.jsonl"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = out_dir / name
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def merge_rank_files(out_dir: Path) -> None:
-    """Fold per-rank logs into episodes.jsonl (skipping episodes already there), then remove them."""
-    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE)}
-    with open(out_dir / EPISODES_FILE, "a") as f:
-        for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
-            for record in read_episodes_file(path):
-                if episode_key(record) not in merged:
-                    merged.add(episode_key(record))
-                    f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
-        path.unlink()
-
-
-def read_episodes_file(path: Path) -> list[dict[str, Any]]:
-    from rsd_pl.eval.report import read_jsonl
-
-    return read_jsonl(path) if path.is_file() else []
-
-
 class EvalModule(L.LightningModule):
     """Runs one LIBERO episode per predict step. Holds the models (so Lightning places them on the
     device) and builds one policy per mode over the same weights, lazily, once they are placed."""
@@ -269,7 +238,8 @@ class EvalModule(L.LightningModule):
         from rsd_pl.eval.video import write_video
 
         outcome = f"{result.mode}: {result.status} after {result.steps} steps"
-        name = f"{result.suite}_task{result.task_id:02d}_trial{result.trial:02d}_{result.mode}_{result.status}.mp4"
+        name = (f"{result.suite}_task{result.task_id:02d}_trial{result.trial:02d}_"
+                f"{result.mode}_{result.status}.mp4")
         return write_video(self.out_dir / "videos" / name, result.frames, result.instruction, outcome,
                            result.status, fps=self.video_fps)
 
@@ -361,7 +331,8 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
         from rsd_pl.models.draft import load_draft
 
         draft, _ = load_draft(draft_art.spec, registry, main_spec=main_art.spec)
-    print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_art.spec if draft_art else None}")
+    draft_spec = draft_art.spec if draft_art else None
+    print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_spec}")
     models = {"tokenizer": tokenizer, "normalizer": normalizer, "main": main, "draft": draft}
     return models, obs_spec_from_config(main_art.config, main_art.spec)
 
@@ -383,7 +354,8 @@ def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
     recorded = (config.get("data") or {}).get("cameras")
     cameras = tuple(by_key.get(key, key) for key in recorded) if recorded else tuple(CAMERAS)[:num_cameras]
     if len(cameras) != num_cameras or any(c not in CAMERAS for c in cameras):
-        raise RsdError(f"{source}: cameras {list(cameras)} do not fit model.backbone.num_cameras={num_cameras} "
+        raise RsdError(f"{source}: cameras {list(cameras)} do not fit "
+                       f"model.backbone.num_cameras={num_cameras} "
                        f"(LIBERO cameras: {', '.join(CAMERAS)})")
     return ObsSpec(cameras=cameras, image_size=int(backbone["image_size"]),
                    object_pos=bool(backbone.get("use_object_pos", False)))

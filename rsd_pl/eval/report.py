@@ -1,4 +1,5 @@
-"""The evaluation report: success per task / suite / mode, latency, main forwards, acceptance.
+"""The episode log and the evaluation report: success per task / suite / mode, latency, main forwards,
+acceptance.
 
 Input is the episode log written by the evaluation loop (`<out>/episodes.jsonl`, one JSON object
 per finished episode, fields of `rsd_pl.eval.runner.EpisodeResult`). Output: a printed table,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,46 @@ def read_episodes(out_dir: str | Path) -> list[dict[str, Any]]:
             for record in read_jsonl(path):
                 seen.setdefault(episode_key(record), record)
     return list(seen.values())
+
+
+# --- writing the episode log (the evaluation loop) ------------------------------------------------
+
+
+class EpisodeLog:
+    """Appends one JSON line per finished episode and flushes it (a kill loses at most one line)."""
+
+    def __init__(self, out_dir: Path, rank: int, world_size: int) -> None:
+        name = EPISODES_FILE if world_size == 1 else f"episodes.rank{rank}.jsonl"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / name
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def merge_rank_files(out_dir: Path) -> None:
+    """Fold per-rank logs into episodes.jsonl (skipping episodes already there), then remove them."""
+    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE)}
+    with open(out_dir / EPISODES_FILE, "a") as f:
+        for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
+            for record in read_episodes_file(path):
+                if episode_key(record) not in merged:
+                    merged.add(episode_key(record))
+                    f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
+        path.unlink()
+
+
+def read_episodes_file(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.is_file() else []
+
+
+# --- aggregation ---------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -118,7 +118,7 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _frame(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
-    """The rendered cameras at their render size, upright, side by side: uint8 [S, V*S, 3] (None: no cameras)."""
+    """The rendered cameras at render size, upright, side by side: uint8 [S, V*S, 3]; None without cameras."""
     if not env.camera_keys:
         return None
     record = env.record(obs)  # raw frames (S, S, 3), upside down as LIBERO renders them
