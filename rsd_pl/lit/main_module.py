@@ -204,11 +204,13 @@ class MainModule(L.LightningModule):
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "validate" and self.trainer.is_global_zero and self.val_metrics:
-            print(summary_table(self.val_metrics, self.cfg.num_layers, "validated checkpoint"))
+            print(summary_table(self.val_metrics, self.cfg.num_layers, self.cfg.num_levels,
+                                "validated checkpoint"))
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.val_metrics:
-            print(summary_table(self.val_metrics, self.cfg.num_layers, "last validation of the fit"))
+            print(summary_table(self.val_metrics, self.cfg.num_layers, self.cfg.num_levels,
+                                "last validation of the fit"))
 
     # ---- export ---------------------------------------------------------------------------------
 
@@ -226,9 +228,9 @@ class MainModule(L.LightningModule):
         }
 
 
-def summary_table(metrics: dict[str, float], num_layers: int, title: str) -> str:
+def summary_table(metrics: dict[str, float], num_layers: int, num_levels: int, title: str) -> str:
     """Per layer: validation token accuracy of the AR heads and the parallel head; decoded-action L1."""
-    lines = [f"main model, validation ({title}); chance = {1 / 7:.3f} for K=7",
+    lines = [f"main model, validation ({title}); chance = {1 / num_levels:.3f} (K={num_levels})",
              f"{'layer':>6} {'ar_acc':>8} {'parallel_acc':>13}"]
     for layer in range(1, num_layers + 1):
         lines.append(f"{layer:>6} {metrics[f'val/token_acc_layer_{layer}']:>8.3f} "

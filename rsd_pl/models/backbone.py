@@ -31,6 +31,8 @@ from rsd_pl.errors import RsdError
 
 # Sizes of the tiny VLM presets (parameter counts are printed by scripts/bench_train.py).
 TINY_PRESETS: dict[str, dict[str, int]] = {
+    "tiny-1m": dict(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128,
+                    hidden=128, layers=3, heads=4, kv_heads=2, mlp=320),
     "tiny-5m": dict(vision_hidden=128, vision_layers=2, vision_heads=4, vision_mlp=256,
                     hidden=192, layers=4, heads=4, kv_heads=2, mlp=512),
     "tiny-30m": dict(vision_hidden=256, vision_layers=4, vision_heads=4, vision_mlp=768,
