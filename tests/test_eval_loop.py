@@ -35,6 +35,7 @@ def test_cli_overrides_any_field(tmp_path):
     ({"modes": ["ar", "speculative"], "draft": None}, "speculative, which needs a draft"),
     ({"tasks": "0-12"}, "task 10 is out of range for libero_spatial"),
     ({"num_trials": 0}, "num_trials=0"),
+    ({"num_trials": 51}, "num_trials=51: must be in 1..50"),
 ])
 def test_bad_config_is_refused_before_any_episode(tmp_path, overrides, message):
     with pytest.raises(RsdError, match=message):

@@ -1,10 +1,10 @@
 """`python -m rsd_pl eval`: LIBERO rollouts with the decoding engine, as a Lightning predict loop.
 
-The episodes (suite, task, trial, seed) x modes are a torch Dataset; `EvalModule.predict_step` runs
-one rollout per item, so `Trainer(devices=..., num_nodes=...)` shards episodes across devices and
-nodes. Every finished episode is appended (flushed) to `<out>/episodes.jsonl` (one file per rank
-when there are several, merged at the end); a rerun skips the (suite, task, trial, mode) episodes
-already there. Then the report (`rsd_pl.eval.report`) is printed, written and logged to TensorBoard.
+The episodes (suite, task, trial, seed) are a torch Dataset; `EvalModule.predict_step` runs one
+episode in each of its decoding modes, so `Trainer(devices=..., num_nodes=...)` shards episodes
+across devices and nodes. Every finished (episode, mode) run is appended (flushed) to
+`<out>/episodes.jsonl` (one file per rank when there are several, merged at the end); a rerun
+skips the (suite, task, trial, mode) runs already there. Then the report (`rsd_pl.eval.report`) is printed, written and logged to TensorBoard.
 
 Everything a run needs is checked before the first episode: suites, tasks, modes, registry names,
 lineage of tokenizer -> main -> draft, a draft for speculative mode.
@@ -35,6 +35,7 @@ from rsd_pl.eval.report import (
 from rsd_pl.eval.runner import EpisodeResult, run_episode
 
 DRAFT_MODES = ("speculative",)
+INIT_STATES_PER_TASK = 50  # every LIBERO benchmark task ships 50 init states
 
 
 @dataclass
@@ -106,8 +107,9 @@ def validate_config(cfg: EvalConfig) -> None:
     if any(m in DRAFT_MODES for m in cfg.modes) and not cfg.draft:
         raise RsdError(f"modes={cfg.modes} include speculative, which needs a draft model: set draft "
                        "(e.g. draft@best) or remove speculative from modes")
-    if cfg.num_trials < 1:
-        raise RsdError(f"num_trials={cfg.num_trials}: must be >= 1")
+    if not 1 <= cfg.num_trials <= INIT_STATES_PER_TASK:
+        raise RsdError(f"num_trials={cfg.num_trials}: must be in 1..{INIT_STATES_PER_TASK} "
+                       "(the benchmark's init states per task)")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise RsdError(f"torch_threads={cfg.torch_threads}: must be >= 1 or null")
     if cfg.camera_size < 1:
