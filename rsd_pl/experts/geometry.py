@@ -44,6 +44,12 @@ def extent_of(points: np.ndarray) -> Extent:
                   math.atan2(minor[1], minor[0]), float(np.ptp(along_minor)), float(np.ptp(along_major)))
 
 
+def local_top(points: np.ndarray, xy: np.ndarray, radius: float) -> float | None:
+    """Highest z of the points within `radius` (horizontally) of `xy`; None when there are none."""
+    near = np.linalg.norm(points[:, :2] - np.asarray(xy)[None], axis=1) < radius
+    return float(points[near, 2].max()) if near.any() else None
+
+
 def wrap_half_pi(angle: float) -> float:
     """A gripper yaw is symmetric under 180 degrees: map to [-pi/2, pi/2)."""
     return (angle + math.pi / 2) % math.pi - math.pi / 2

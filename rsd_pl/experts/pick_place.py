@@ -23,8 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsd_pl.experts.geometry import Extent, gripper_down, pose_action, quat_to_matrix, yaw_to_close_along
-from rsd_pl.experts.scene import body_extent
+from rsd_pl.experts.geometry import (
+    Extent,
+    extent_of,
+    gripper_down,
+    local_top,
+    pose_action,
+    quat_to_matrix,
+    yaw_to_close_along,
+)
+from rsd_pl.experts.scene import body_extent, body_points
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 SUPPORTED_PREDICATES = ("on", "in")
@@ -36,8 +44,10 @@ class ExpertConfig:
 
     max_grip_width: float = 0.075   # wider objects are grasped by the rim
     rim_offset: float = 0.047       # rim grasp point along +x of the object's centre
-    rim_depth: float = 0.025        # rim grasp below the object's top
-    grasp_depth: float = 0.03       # centre grasp below the object's top (not below bottom + 1 cm)
+    rim_depth: float = 0.025        # rim grasp below the rim's local top (bowls may sit tilted)
+    grasp_depth: float = 0.03       # centre grasp below the object's top ...
+    finger_reach: float = 0.012     # ... but the eef no lower than this above the object's bottom
+                                    # (the fingertips reach ~1.5 cm below the eef site)
     clearance: float = 0.08         # approach height above the grasp point
     carry_gap: float = 0.08         # object bottom above the target top while carrying
     lift: float = 0.15              # minimum lift above the grasp point
@@ -45,6 +55,7 @@ class ExpertConfig:
     close_steps: int = 12
     release_steps: int = 8
     pos_tol: float = 0.008
+    grasp_tol: float = 0.004        # tighter tolerance for reaching the grasp point
     phase_limit: int = 60           # steps before a phase gives up waiting and moves on
 
 
@@ -68,9 +79,9 @@ class PickPlaceExpert:
         self.object_body = raw.obj_body_id[self.object_name]
         self.target_body = self._target_body(raw, self.target_name)
         self.phase, self.phase_steps = "above", 0
-        self.grasp_offset: np.ndarray | None = None  # eef - object centre, measured after closing
+        self.hold: np.ndarray | None = None  # eef - (object centre xy, object bottom z), measured after closing
         start = body_extent(raw.sim, self.object_body)
-        self.rim = start.major_width > self.config.max_grip_width
+        self.rim = start.minor_width > self.config.max_grip_width  # cannot close across it
         self.yaw = math.pi / 2 if self.rim else yaw_to_close_along(start.minor_axis)
 
     @staticmethod
@@ -84,22 +95,23 @@ class PickPlaceExpert:
 
     # --- waypoints ---------------------------------------------------------------------------
     def _object(self) -> Extent:
-        return body_extent(self.env.raw.sim, self.object_body)
+        self._points = body_points(self.env.raw.sim, self.object_body)  # (P, 3) world
+        return extent_of(self._points)
 
     def _grasp_point(self, obj: Extent) -> np.ndarray:
         cfg = self.config
         if self.rim:
-            return np.array([obj.center[0] + cfg.rim_offset, obj.center[1], obj.top - cfg.rim_depth])
-        z = max(obj.top - cfg.grasp_depth, obj.bottom + 0.01)
+            xy = obj.center[:2] + [cfg.rim_offset, 0.0]
+            top = local_top(self._points, xy, radius=0.02)
+            return np.array([*xy, (obj.top if top is None else top) - cfg.rim_depth])
+        z = max(obj.top - cfg.grasp_depth, obj.bottom + cfg.finger_reach)
         return np.array([obj.center[0], obj.center[1], z])
 
-    def _place_point(self, eef: np.ndarray, obj: Extent, gap: float) -> np.ndarray:
-        """Eef position that puts the object's centre over the target, its bottom `gap` above it."""
+    def _place_point(self, gap: float) -> np.ndarray:
+        """Eef position that puts the held object's centre over the target, its bottom `gap` above it."""
         target = body_extent(self.env.raw.sim, self.target_body)
         target_xy = self.env.entity_pos(self.target_name)[:2]
-        eef_above_bottom = eef[2] - obj.bottom
-        offset_xy = eef[:2] - obj.center[:2]
-        return np.array([*(target_xy + offset_xy), target.top + gap + eef_above_bottom])
+        return np.array([*target_xy, target.top + gap]) + self.hold
 
     def _waypoint(self, eef: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(target eef position, gripper command, max speed) of the current phase."""
@@ -110,14 +122,14 @@ class PickPlaceExpert:
             return grasp + [0, 0, lift], GRIPPER_OPEN, 1.0 if self.phase == "above" else 0.5
         if self.phase == "close":
             return eef, GRIPPER_CLOSE, 0.0
-        carry = self._place_point(eef, obj, cfg.carry_gap)
+        carry = self._place_point(cfg.carry_gap)
         carry[2] = max(carry[2], self.grasp_z + cfg.lift)
         if self.phase == "lift":
             return np.array([eef[0], eef[1], carry[2]]), GRIPPER_CLOSE, 1.0
         if self.phase == "carry":
             return carry, GRIPPER_CLOSE, 1.0
         if self.phase == "lower":
-            return self._place_point(eef, obj, cfg.release_gap), GRIPPER_CLOSE, 0.5
+            return self._place_point(cfg.release_gap), GRIPPER_CLOSE, 0.5
         if self.phase == "release":
             return eef, GRIPPER_OPEN, 0.0
         return eef + [0, 0, 0.05], GRIPPER_OPEN, 0.5  # "retreat"
@@ -125,7 +137,7 @@ class PickPlaceExpert:
     def _advance(self, eef: np.ndarray, target: np.ndarray) -> None:
         cfg = self.config
         self.phase_steps += 1
-        reached = np.linalg.norm(target - eef) < cfg.pos_tol
+        reached = np.linalg.norm(target - eef) < (cfg.grasp_tol if self.phase == "descend" else cfg.pos_tol)
         timed_out = self.phase_steps >= cfg.phase_limit
         order = ["above", "descend", "close", "lift", "carry", "lower", "release", "retreat"]
         if self.phase == "close":
@@ -141,6 +153,9 @@ class PickPlaceExpert:
         if done:
             if self.phase == "descend":
                 self.grasp_z = float(eef[2])
+            if self.phase == "close":
+                obj = self._object()
+                self.hold = eef - np.array([obj.center[0], obj.center[1], obj.bottom])
             self.phase, self.phase_steps = order[order.index(self.phase) + 1], 0
 
     def act(self, obs: dict) -> np.ndarray:
