@@ -4,7 +4,8 @@ The episodes (suite, task, trial, seed) are a torch Dataset; `EvalModule.predict
 episode in each of its decoding modes, so `Trainer(devices=..., num_nodes=...)` shards episodes
 across devices and nodes. Every finished (episode, mode) run is appended (flushed) to
 `<out>/episodes.jsonl` (one file per rank when there are several, merged at the end); a rerun
-skips the (suite, task, trial, mode) runs already there. Then the report (`rsd_pl.eval.report`) is printed, written and logged to TensorBoard.
+skips the (suite, task, trial, mode) runs already there. Then the report (`rsd_pl.eval.report`)
+is printed, written and logged to TensorBoard.
 
 Everything a run needs is checked before the first episode: suites, tasks, modes, registry names,
 lineage of tokenizer -> main -> draft, a draft for speculative mode.
