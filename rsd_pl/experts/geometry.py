@@ -50,6 +50,26 @@ def local_top(points: np.ndarray, xy: np.ndarray, radius: float) -> float | None
     return float(points[near, 2].max()) if near.any() else None
 
 
+def grasp_width(minor_width: float, major_width: float, offset: float) -> float:
+    """Width of a box between the fingers when they close `offset` rad away from its narrow axis."""
+    return minor_width * abs(math.cos(offset)) + major_width * abs(math.sin(offset))
+
+
+def hand_collisions(points: np.ndarray, grasp: np.ndarray, close_dir: float) -> int:
+    """How many obstacle points (P, 3) the open gripper at `grasp` would hit.
+
+    The Panda hand is a ~21 x 7 cm box along the finger axis from ~4 cm above the eef site; the
+    open fingers span ~10 x 3 cm down to ~1 cm below it.
+    """
+    axis = np.array([math.cos(close_dir), math.sin(close_dir)])
+    rel = points[:, :2] - grasp[None, :2]
+    along, across = np.abs(rel @ axis), np.abs(rel @ np.array([-axis[1], axis[0]]))
+    height = points[:, 2] - grasp[2]
+    hand = (along < 0.105) & (across < 0.035) & (height > 0.035)
+    fingers = (along < 0.055) & (across < 0.015) & (height > -0.01)
+    return int(np.count_nonzero(hand | fingers))
+
+
 def wrap_half_pi(angle: float) -> float:
     """A gripper yaw is symmetric under 180 degrees: map to [-pi/2, pi/2)."""
     return (angle + math.pi / 2) % math.pi - math.pi / 2

@@ -26,7 +26,9 @@ import numpy as np
 from rsd_pl.experts.geometry import (
     Extent,
     extent_of,
+    grasp_width,
     gripper_down,
+    hand_collisions,
     local_top,
     pose_action,
     quat_to_matrix,
@@ -80,9 +82,36 @@ class PickPlaceExpert:
         self.target_body = self._target_body(raw, self.target_name)
         self.phase, self.phase_steps = "above", 0
         self.hold: np.ndarray | None = None  # eef - (object centre xy, object bottom z), measured after closing
-        start = body_extent(raw.sim, self.object_body)
+        self.shift_xy = np.zeros(2)
+        start = self._object()
         self.rim = start.minor_width > self.config.max_grip_width  # cannot close across it
-        self.yaw = math.pi / 2 if self.rim else yaw_to_close_along(start.minor_axis)
+        self.close_dir, self.shift_xy = 0.0, np.zeros(2)  # rim grasp: fingers close along x (yaw 90 deg)
+        if not self.rim:
+            self.close_dir, self.shift_xy = self._clear_centre_grasp(raw, start)
+        self.yaw = math.pi / 2 if self.rim else yaw_to_close_along(self.close_dir)
+
+    def _clear_centre_grasp(self, raw, obj: Extent) -> tuple[float, np.ndarray]:
+        """(closing direction, xy shift along the object's long side) that keeps the hand off neighbours.
+
+        Tries the narrow axis first, then small rotations and shifts that still fit the gripper.
+        """
+        cfg = self.config
+        others = [body_points(raw.sim, body) for name, body in raw.obj_body_id.items() if name != self.object_name]
+        obstacles = np.concatenate(others) if others else np.zeros((0, 3))
+        major = obj.minor_axis + math.pi / 2
+        candidates = []
+        for offset in np.radians([0, 10, -10, 20, -20, 30, -30]):
+            if grasp_width(obj.minor_width, obj.major_width, offset) > cfg.max_grip_width:
+                continue
+            for shift in (0.0, 0.015, -0.015, 0.03, -0.03):
+                if abs(shift) > max(obj.major_width / 2 - 0.015, 0.0):
+                    continue
+                shift_xy = shift * np.array([math.cos(major), math.sin(major)])
+                point = self._grasp_point(obj) + [*shift_xy, 0.0]
+                hits = hand_collisions(obstacles, point, obj.minor_axis + offset)
+                candidates.append((hits, abs(offset) + abs(shift), float(obj.minor_axis + offset), shift_xy))
+        _, _, close_dir, shift_xy = min(candidates, key=lambda c: c[:2])
+        return close_dir, shift_xy
 
     @staticmethod
     def _target_body(raw, name: str) -> int:
@@ -105,7 +134,7 @@ class PickPlaceExpert:
             top = local_top(self._points, xy, radius=0.02)
             return np.array([*xy, (obj.top if top is None else top) - cfg.rim_depth])
         z = max(obj.top - cfg.grasp_depth, obj.bottom + cfg.finger_reach)
-        return np.array([obj.center[0], obj.center[1], z])
+        return np.array([*(obj.center[:2] + self.shift_xy), z])
 
     def _place_point(self, gap: float) -> np.ndarray:
         """Eef position that puts the held object's centre over the target, its bottom `gap` above it."""
