@@ -10,7 +10,10 @@ import pytest
 from rsd_pl.experts.geometry import (
     DOWN,
     extent_of,
+    grasp_width,
     gripper_down,
+    hand_collisions,
+    local_top,
     pose_action,
     quat_to_matrix,
     rot_z,
@@ -67,3 +70,28 @@ def test_pose_action_moves_toward_target_and_clips():
     turn = pose_action(np.zeros(3), DOWN, np.zeros(3), gripper_down(0.1), gripper=-1.0)
     np.testing.assert_allclose(turn[3:6], [0, 0, 0.2], atol=1e-6)   # +0.1 rad yaw about world z, / 0.5 rad
     assert np.all(np.abs(pose_action(np.zeros(3), DOWN, np.ones(3), gripper_down(3.0), 1.0)) <= 1.0)
+
+
+def test_local_top_reads_the_rim_height_near_a_point():
+    # a bowl rim tilted along x: the +x side is 3 cm lower than the -x side
+    angles = np.linspace(0, 2 * math.pi, 64, endpoint=False)
+    rim = np.stack([0.05 * np.cos(angles), 0.05 * np.sin(angles), 1.0 - 0.3 * 0.05 * np.cos(angles)], axis=1)
+    assert local_top(rim, np.array([0.047, 0.0]), radius=0.02) == pytest.approx(1.0 - 0.015, abs=2e-3)
+    assert local_top(rim, np.array([-0.047, 0.0]), radius=0.02) == pytest.approx(1.015, abs=2e-3)
+    assert local_top(rim, np.array([0.5, 0.5]), radius=0.02) is None
+
+
+def test_grasp_width_grows_with_rotation_off_the_narrow_axis():
+    assert grasp_width(0.043, 0.081, 0.0) == pytest.approx(0.043)
+    expected = 0.043 * math.cos(math.radians(20)) + 0.081 * math.sin(math.radians(20))
+    assert grasp_width(0.043, 0.081, math.radians(20)) == pytest.approx(expected)
+    assert grasp_width(0.043, 0.081, math.pi / 2) == pytest.approx(0.081)
+
+
+def test_hand_collisions_sees_a_neighbour_along_the_finger_axis_only():
+    grasp = np.array([0.0, 0.0, 0.01])
+    can = box_points([0.0, 0.09, 0.04], [0.06, 0.02, 0.08], 0.0)  # tall can 9 cm away along +y
+    assert hand_collisions(can, grasp, close_dir=math.pi / 2) > 0   # fingers/hand along y: hit
+    assert hand_collisions(can, grasp, close_dir=0.0) == 0           # hand along x: clear
+    low = box_points([0.0, 0.09, 0.005], [0.06, 0.02, 0.01], 0.0)   # a flat neighbour under the hand
+    assert hand_collisions(low, grasp, close_dir=math.pi / 2) == 0
