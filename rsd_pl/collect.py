@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import ArgumentParser, set_parsing_settings
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 from tqdm import tqdm
 
 from rsd_pl.data.libero_hdf5 import DemoWriter
@@ -171,6 +171,7 @@ def _rewards(episode: ExpertEpisode) -> np.ndarray:
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings -> --help
     parser = ArgumentParser(prog="python -m rsd_pl collect", description=CollectConfig.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with these fields (configs/collect*.yaml)")
     parser.add_class_arguments(CollectConfig, nested_key=None, as_positional=False)
     return parser
 
@@ -190,7 +191,9 @@ def _make_submit(cfg: CollectConfig, pool: ProcessPoolExecutor | None):
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
-    cfg = CollectConfig(**vars(parser.parse_args(argv)))
+    values = parser.parse_args(argv).as_dict()
+    values.pop("config", None)
+    cfg = CollectConfig(**values)
     cfg.validate()
     spec = suite_spec(cfg.suite)
     tasks = [check_index(f"task id for {spec.name}", t, spec.num_tasks) for t in parse_index_list(cfg.tasks)]

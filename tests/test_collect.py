@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from rsd_pl.collect import CollectConfig, Job, _run_jobs, main, pending_init_states
+from rsd_pl.collect import CollectConfig, Job, _run_jobs, build_parser, main, pending_init_states
 from rsd_pl.data.libero_hdf5 import read_episodes, validate_file
+from rsd_pl.envs import parse_index_list
 from rsd_pl.errors import RsdError
 from rsd_pl.experts.rollout import ExpertEpisode
 
@@ -115,3 +116,12 @@ def test_bad_task_or_init_state_is_an_error_before_simulating(tmp_path):
     with pytest.raises(RsdError, match=r"libero_goal task 7 .*turnon.* not supported"):
         main(["--suite", "libero_goal", "--tasks", "7", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("config", sorted(Path(__file__).parents[1].glob("configs/collect*.yaml")))
+def test_collect_configs_parse_and_validate(config):
+    values = build_parser().parse_args(["--config", str(config)]).as_dict()
+    values.pop("config")
+    cfg = CollectConfig(**values)
+    cfg.validate()
+    assert parse_index_list(cfg.tasks)
