@@ -21,6 +21,7 @@ re-validates the best checkpoint and exports it to the registry (`--registry_roo
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -58,7 +59,8 @@ class RsdCLI(LightningCLI):
             "--registry_root",
             type=str | None,
             default=None,
-            help="Checkpoint registry folder for the export (default: $RSD_CHECKPOINTS, else checkpoints).",
+            help="Checkpoint registry folder: where inputs (e.g. rfsq@best) are read and the export goes "
+            "(default: $RSD_CHECKPOINTS, else checkpoints).",
         )
         parser.add_argument(
             "--export",
@@ -66,6 +68,12 @@ class RsdCLI(LightningCLI):
             default=True,
             help="After fit, validate the best checkpoint and export it to the registry.",
         )
+
+    def before_instantiate_classes(self) -> None:
+        """One registry per run: `--registry_root` also tells the model and data where to read artifacts."""
+        root = self.config[self.subcommand].registry_root
+        if root is not None:
+            os.environ["RSD_CHECKPOINTS"] = str(root)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Defaults that need the model: run folder, TensorBoard logger, checkpoints, LR monitor."""
