@@ -47,6 +47,7 @@ def test_success_counts_per_mode_suite_task(tmp_path):
     _write(tmp_path, EPISODES)
     report = rep.build_report(rep.read_episodes(tmp_path))
     ar, spec = report["modes"]["ar"], report["modes"]["speculative"]
+    assert list(report["modes"]) == ["ar", "speculative"]
     assert (ar["successes"], ar["trials"], ar["timeouts"], ar["errors"]) == (2, 3, 1, 0)
     assert (spec["successes"], spec["trials"], spec["timeouts"], spec["errors"]) == (2, 3, 0, 1)
     assert ar["success_rate"] == pytest.approx(2 / 3)

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rsd_pl.decoding.config import MODES
 from rsd_pl.errors import RsdError
 
 EPISODES_FILE = "episodes.jsonl"
@@ -163,11 +164,17 @@ def mode_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _mode_rank(mode: str) -> tuple[int, str]:
+    """Modes in the engine's order (l1, parallel, ar, speculative), unknown ones after."""
+    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
+
+
 def _group(records: list[dict[str, Any]], *fields: str) -> dict[tuple, list[dict[str, Any]]]:
+    """Records grouped by `fields` (the first is the mode), sorted with modes in engine order."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         groups[tuple(record[f] for f in fields)].append(record)
-    return dict(sorted(groups.items()))
+    return dict(sorted(groups.items(), key=lambda item: (_mode_rank(item[0][0]), item[0][1:])))
 
 
 def speedup(modes: dict[str, dict[str, Any]], fast: str = "speculative", slow: str = "ar") -> dict | None:
