@@ -212,6 +212,10 @@ def _fmt(value: float, spec: str = ".1f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
 def _rate(row: dict[str, Any]) -> str:
     return f"{row['successes']}/{row['trials']} ({_fmt(100 * row['success_rate'])}%)"
 
@@ -228,7 +232,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {_fmt(lat['mean'])} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} "
                      f"| {_fmt(m['main_forwards_per_chunk'], '.2f')} "
                      f"| {_fmt(m['draft_forwards_per_chunk'], '.2f')} "
-                     f"| {_fmt(100 * m['acceptance_rate'])}% |")
+                     f"| {_pct(m['acceptance_rate'])} |")
     lines += ["", "| mode | suite | success | timeouts | errors |", "|---|---|---|---|---|"]
     lines += [f"| {s['mode']} | {s['suite']} | {_rate(s)} | {s['timeouts']} | {s['errors']} |"
               for s in report["suites"]]
@@ -251,7 +255,7 @@ def _acceptance_lines(modes: dict[str, dict[str, Any]]) -> list[str]:
             lines += ["", f"Acceptance by draft depth ({mode}):", "",
                       "| depth | proposed | accepted | rate |", "|---|---|---|---|"]
             lines += [f"| {row['depth']} | {row['proposed']} | {row['accepted']} "
-                      f"| {_fmt(100 * row['rate'])}% |" for row in m["acceptance_by_depth"]]
+                      f"| {_pct(row['rate'])} |" for row in m["acceptance_by_depth"]]
     return lines
 
 
