@@ -108,7 +108,8 @@ def open_writer(cfg: CollectConfig, task_id: int) -> DemoWriter:
     info = task_info(cfg.suite, task_id)
     kwargs = env_kwargs(cfg.image_size, cfg.cameras)
     env_args = {"type": 1, "env_name": info.problem_name, "problem_name": info.problem_name,
-                "bddl_file": info.bddl_relpath, "env_kwargs": kwargs}
+                "bddl_file": info.bddl_relpath, "env_kwargs": kwargs,
+                "rsd_render": {"shadows": False}}  # LiberoEnv's default: frames rendered without shadows
     return DemoWriter(demo_path(cfg.out, info.name), env_name=info.problem_name,
                       problem_info={"language_instruction": info.instruction, "problem_name": info.problem_name,
                                     "suite": cfg.suite, "task_id": task_id},

@@ -51,6 +51,18 @@ def test_stepping_and_observation_shapes(camera_env):
     assert not camera_env.success()
 
 
+def test_on_demand_frames_equal_per_step_frames(camera_env):
+    """render_every_step=False renders the same frame later; shadows stay off after a reset."""
+    obs = camera_env.reset(5)
+    for camera, key in (("agentview", "agentview_image"), ("eye_in_hand", "robot0_eye_in_hand_image")):
+        on_demand = camera_env.frame({}, camera)  # no frame in obs: rendered now, same state
+        assert np.abs(on_demand.astype(int) - obs[key]).mean() < 1.0, camera
+    import mujoco
+
+    flags = camera_env.raw.sim._render_context_offscreen.scn.flags
+    assert flags[mujoco.mjtRndFlag.mjRND_SHADOW] == 0 and flags[mujoco.mjtRndFlag.mjRND_REFLECTION] == 0
+
+
 def test_expert_succeeds_and_env_reports_it(blind_env):
     episode = run_expert_episode(blind_env, 0)
     assert episode.success and blind_env.success()

@@ -67,3 +67,17 @@ def test_predict_action_chunk_returns_batched_actions() -> None:
     actions, stats = policy.predict_action_chunk(tiny_batch(1, batch_size=3))
     assert actions.shape == (3, 8, 7)
     assert stats.mode == "parallel"
+
+
+def test_lazy_batch_is_built_once_per_chunk() -> None:
+    """select_action(fn) calls fn only when the engine is queried (one render per chunk)."""
+    policy, batch = make_policy("ar")
+    built = []
+
+    def make_batch() -> dict:
+        built.append(1)
+        return batch
+
+    for _ in range(9):
+        policy.select_action(make_batch)
+    assert len(built) == 2 and len(policy.stats) == 2

@@ -8,6 +8,7 @@ The env loop builds the model batch (docs/contracts.md, `rsd_pl.data.obs`) and c
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,10 +47,15 @@ class RSDPolicy:
         self.last_stats = result.stats
         return result.actions, result.stats
 
-    def select_action(self, batch: dict) -> np.ndarray:
+    def select_action(self, batch: dict | Callable[[], dict]) -> np.ndarray:
         """batch of ONE observation -> the next env action float32 (D,). Queries the engine only
-        when the queue of the current chunk is empty."""
+        when the queue of the current chunk is empty.
+
+        `batch` may be a function returning the batch: it is called only when the engine is
+        queried, so an env renders its cameras once per chunk instead of once per step."""
         if not self._queue:
+            if callable(batch):
+                batch = batch()
             if batch_size_of(batch) != 1:
                 raise RsdError(f"select_action takes a batch of 1 observation, got {batch_size_of(batch)}")
             actions, _ = self.predict_action_chunk(batch)

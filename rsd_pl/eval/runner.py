@@ -128,13 +128,14 @@ def _frame(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
 def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
              image_size: int, record_frames: bool) -> None:
     """Steps the episode, updating result.steps / status / frames as it goes."""
-    policy.reset()  # empty action queue, fresh statistics
+    policy.reset()  # empty action queue (statistics accumulate; this episode's are sliced after)
     obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
     for _ in range(max_steps):
         if record_frames and (frame := _frame(env, obs)) is not None:
             result.frames.append(frame)
-        batch = env.batch(obs, image_size=image_size)
-        obs, _, _, _ = env.step(to_env_action(policy.select_action(batch)))
+        # the batch (and its camera frames) is built only when the policy queries its engine
+        action = policy.select_action(lambda obs=obs: env.batch(obs, image_size=image_size))
+        obs, _, _, _ = env.step(to_env_action(action))
         result.steps += 1
         if env.success():
             result.success, result.status = True, "success"
