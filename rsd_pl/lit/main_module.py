@@ -98,6 +98,7 @@ class MainModule(L.LightningModule):
         self.frozen: dict[str, TokenizerBundle] = {}  # not a submodule: never trained or saved here
         self.tokenizer_spec: str | None = None
         self.data_fingerprint: str | None = None
+        self.data_cameras: list[str] | None = None
         self.val_metrics: dict[str, float] = {}
         self._sums: dict[str, torch.Tensor] = {}
 
@@ -113,6 +114,7 @@ class MainModule(L.LightningModule):
         datamodule.setup(stage)
         self.frozen["tokenizer"] = bundle
         self.tokenizer_spec, self.data_fingerprint = bundle.spec, datamodule.fingerprint()
+        self.data_cameras = list(datamodule.cameras)  # eval renders these cameras (config["data"])
         self.model.backbone.proprio_proj.set_stats(*datamodule.state_stats("proprio"))
         if self.model.backbone.object_proj is not None:
             self.model.backbone.object_proj.set_stats(*datamodule.state_stats("object_pos"))
@@ -221,7 +223,8 @@ class MainModule(L.LightningModule):
                                                  "parallel_weight", "l1_weight")}
         return {
             "tensors": self.model.export_tensors(),
-            "config": {"model": self.cfg.to_dict(), "hidden_size": self.model.hidden_size, "training": training},
+            "config": {"model": self.cfg.to_dict(), "hidden_size": self.model.hidden_size, "training": training,
+                       "data": {"cameras": self.data_cameras}},
             "metrics": dict(self.val_metrics),
             "lineage": {"tokenizer": self.tokenizer_spec, "data_fingerprint": self.data_fingerprint},
             "extra_json": {},
