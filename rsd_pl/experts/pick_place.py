@@ -58,7 +58,8 @@ class ExpertConfig:
     release_steps: int = 8
     pos_tol: float = 0.008
     grasp_tol: float = 0.004        # tighter tolerance for reaching the grasp point
-    phase_limit: int = 60           # steps before a phase gives up waiting and moves on
+    phase_limit: int = 40           # steps before a phase gives up waiting and moves on
+    slow_zone: float = 0.04         # descend / lower at full speed until this close to the goal
 
 
 class PickPlaceExpert:
@@ -192,6 +193,8 @@ class PickPlaceExpert:
         eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
         rot = quat_to_matrix(obs["robot0_eef_quat"])
         target, gripper, speed = self._waypoint(eef)
+        if speed > 0 and np.linalg.norm(target - eef) > self.config.slow_zone:
+            speed = 1.0  # slow moves only near the goal
         action = pose_action(eef, rot, target, gripper_down(self.yaw), gripper, max_speed=max(speed, 1e-6))
         self._advance(eef, target)
         return action
