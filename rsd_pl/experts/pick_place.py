@@ -83,7 +83,7 @@ class PickPlaceExpert:
         self.target_body = self._target_body(raw, self.target_name)
         self.phase, self.phase_steps = "above", 0
         self.hold: np.ndarray | None = None  # eef - (object centre xy, object bottom z), measured after closing
-        self.shift_xy = np.zeros(2)
+        self.grasp_z = 0.0                   # eef height at the grasp, measured when the descent ends
         start = self._object()
         self.rim = start.minor_width > self.config.max_grip_width  # cannot close across it
         self.close_dir, self.shift_xy = 0.0, np.zeros(2)  # rim grasp: fingers close along x (yaw 90 deg)
