@@ -139,28 +139,46 @@ def _run_jobs(jobs: list[Job], needed: int, submit: Callable[[Job], Future]) -> 
 
 
 def collect_task(cfg: CollectConfig, task_id: int, submit, progress: tqdm) -> tuple[int, int]:
-    """Collect the missing demos of one task. Returns (new demos, failed episodes)."""
-    with open_writer(cfg, task_id) as writer:
-        done = {int(a["init_state_index"]) for a in writer.existing_demos() if "init_state_index" in a}
-        progress.update(min(len(done), cfg.episodes))
-        needed = cfg.episodes - len(done)
-        if needed <= 0:
-            return 0, 0
-        count = num_init_states(cfg.suite, task_id)
-        jobs = [Job(cfg.suite, task_id, i, cfg.image_size, tuple(cfg.cameras), cfg.max_steps, cfg.seed)
-                for i in pending_init_states(cfg.init_states, done, count, f"{cfg.suite} task {task_id}")]
-        added = failed = 0
-        for episode in _run_jobs(jobs, needed, submit):
-            if not episode.success:
-                failed += 1
-                progress.set_postfix(task=task_id, failed=failed)
-                continue
-            writer.add_demo(actions=episode.actions, states=episode.states, robot_states=episode.robot_states,
-                            rewards=_rewards(episode), dones=_rewards(episode).astype("uint8"), obs=episode.obs,
-                            attrs={"init_state_index": episode.init_state_index, "expert": "pick_place"})
-            added += 1
-            progress.update(1)
-        return added, failed
+    """Collect the missing demos of one task. Returns (new demos, failed episodes).
+
+    A file this call created is removed again if it ends without a demo (all episodes failed or an
+    interrupt came first), so a data directory never holds an empty demo file.
+    """
+    writer = open_writer(cfg, task_id)
+    created, empty = not writer.path.exists(), False
+    try:
+        with writer:
+            try:
+                added, failed = _fill(cfg, task_id, writer, submit, progress)
+            finally:
+                empty = created and not writer.existing_demos()
+    finally:
+        if empty:
+            writer.path.unlink()
+    return added, failed
+
+
+def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress: tqdm) -> tuple[int, int]:
+    done = {int(a["init_state_index"]) for a in writer.existing_demos() if "init_state_index" in a}
+    progress.update(min(len(done), cfg.episodes))
+    needed = cfg.episodes - len(done)
+    if needed <= 0:
+        return 0, 0
+    count = num_init_states(cfg.suite, task_id)
+    jobs = [Job(cfg.suite, task_id, i, cfg.image_size, tuple(cfg.cameras), cfg.max_steps, cfg.seed)
+            for i in pending_init_states(cfg.init_states, done, count, f"{cfg.suite} task {task_id}")]
+    added = failed = 0
+    for episode in _run_jobs(jobs, needed, submit):
+        if not episode.success:
+            failed += 1
+            progress.set_postfix(task=task_id, failed=failed)
+            continue
+        writer.add_demo(actions=episode.actions, states=episode.states, robot_states=episode.robot_states,
+                        rewards=_rewards(episode), dones=_rewards(episode).astype(np.uint8), obs=episode.obs,
+                        attrs={"init_state_index": episode.init_state_index, "expert": "pick_place"})
+        added += 1
+        progress.update(1)
+    return added, failed
 
 
 def _rewards(episode: ExpertEpisode) -> np.ndarray:
@@ -204,8 +222,10 @@ def main(argv: list[str]) -> int:
             raise RsdError(f"{where} ({info.instruction!r}): goal {info.goal} is not supported by the "
                            "pick-and-place expert (it handles one on/in goal)")
         pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
-        with open_writer(cfg, task_id):
-            pass
+        writer = open_writer(cfg, task_id)
+        if writer.path.exists():  # validates schema and integrity; a new file is only created when written
+            with writer:
+                pass
     start, summary = time.time(), []
     pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
             if cfg.workers > 1 else None)

@@ -125,3 +125,61 @@ def test_collect_configs_parse_and_validate(config):
     cfg = CollectConfig(**values)
     cfg.validate()
     assert parse_index_list(cfg.tasks)
+
+
+def _demo_episode(index: int, success: bool) -> ExpertEpisode:
+    steps = 4
+    return ExpertEpisode(index, success, steps, np.zeros((steps, 7)), np.zeros((steps, 5)), np.zeros((steps, 9)),
+                         {"ee_pos": np.zeros((steps, 3)), "ee_ori": np.zeros((steps, 3)),
+                          "gripper_states": np.zeros((steps, 2))})
+
+
+@pytest.fixture
+def offline_task(monkeypatch, tmp_path):
+    """collect_task against a plain DemoWriter in tmp_path (no LIBERO): 4 init states."""
+    import rsd_pl.collect as collect
+    from rsd_pl.data.libero_hdf5 import DemoWriter
+
+    path = tmp_path / "task_demo.hdf5"
+    monkeypatch.setattr(collect, "open_writer", lambda cfg, task_id: DemoWriter(
+        path, env_name="e", problem_info={"language_instruction": "pick"}, bddl_file_name="b", env_args={}))
+    monkeypatch.setattr(collect, "num_init_states", lambda suite, task_id: 4)
+    return collect, path
+
+
+def _submitter(outcomes: dict[int, bool | BaseException]):
+    def submit(job: Job) -> Future:
+        outcome = outcomes[job.init_state_index]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        future: Future = Future()
+        future.set_result(_demo_episode(job.init_state_index, outcome))
+        return future
+    submit.width = 1
+    return submit
+
+
+def test_a_task_without_any_demo_leaves_no_file(offline_task):
+    collect, path = offline_task
+    added, failed = collect.collect_task(CollectConfig(episodes=2), 0, _submitter(dict.fromkeys(range(4), False)),
+                                         _NoBar())
+    assert (added, failed) == (0, 4) and not path.exists()
+
+
+def test_an_interrupt_keeps_finished_demos_and_a_rerun_skips_them(offline_task):
+    collect, path = offline_task
+    outcomes = {0: True, 1: KeyboardInterrupt(), 2: True, 3: True}
+    with pytest.raises(KeyboardInterrupt):
+        collect.collect_task(CollectConfig(episodes=3), 0, _submitter(outcomes), _NoBar())
+    assert [e.attrs["init_state_index"] for e in read_episodes(path)] == [0]
+    outcomes[1] = False
+    assert collect.collect_task(CollectConfig(episodes=3), 0, _submitter(outcomes), _NoBar()) == (2, 1)
+    assert [e.attrs["init_state_index"] for e in read_episodes(path)] == [0, 2, 3]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
