@@ -115,13 +115,14 @@ class PickPlaceExpert:
         return close_dir, shift_xy
 
     @staticmethod
-    def _target_body(raw, name: str) -> int:
+    def _target_body(raw, name: str) -> int | None:
+        """The body whose top the object is placed on; None for a table region (a bare site)."""
         if name in raw.obj_body_id:
             return raw.obj_body_id[name]
         site = raw.object_sites_dict.get(name)
-        if site is None or site.parent_name not in raw.obj_body_id:
-            raise ValueError(f"target {name!r} is neither an object nor a region of one")
-        return raw.obj_body_id[site.parent_name]
+        if site is None:
+            raise ValueError(f"target {name!r} is neither an object nor a region in the scene")
+        return raw.obj_body_id.get(site.parent_name)
 
     # --- waypoints ---------------------------------------------------------------------------
     def _object(self) -> Extent:
@@ -139,9 +140,9 @@ class PickPlaceExpert:
 
     def _place_point(self, gap: float) -> np.ndarray:
         """Eef position that puts the held object's centre over the target, its bottom `gap` above it."""
-        target = body_extent(self.env.raw.sim, self.target_body)
-        target_xy = self.env.entity_pos(self.target_name)[:2]
-        return np.array([*target_xy, target.top + gap]) + self.hold
+        target = self.env.entity_pos(self.target_name)  # (3,) body origin or region site
+        top = target[2] if self.target_body is None else body_extent(self.env.raw.sim, self.target_body).top
+        return np.array([target[0], target[1], top + gap]) + self.hold
 
     def _waypoint(self, eef: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(target eef position, gripper command, max speed) of the current phase."""
