@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,11 @@ TESTS = Path(__file__).resolve().parent
 
 def fit_subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """DDP relaunches `sys.argv` per rank, so it must run as `python -m rsd_pl fit`, not in pytest."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    with socket.socket() as probe:  # a port free right now, so ranks of parallel test runs never meet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     command = [sys.executable, "-m", "rsd_pl", "fit", *argv]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -26,7 +31,7 @@ def fit_subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_ddp_two_ranks_export_once(tmp_path: Path) -> None:
     config = write_config(tmp_path, max_epochs=2, devices=2, strategy="ddp")
     done = fit_subprocess(["--config", str(config)], tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("exported tiny@1 (best)") == 1, done.stdout[-3000:]
     registry = Registry(tmp_path / "checkpoints")
     assert registry.versions("tiny") == [1]
