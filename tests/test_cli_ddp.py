@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,12 @@ def fit_subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_ddp_two_ranks_export_once(tmp_path: Path) -> None:
     config = write_config(tmp_path, max_epochs=2, devices=2, strategy="ddp")
     done = fit_subprocess(["--config", str(config)], tmp_path)
+    if done.returncode != 0:  # seen ~1 run in 10 on the loaded 2-core machine: gloo start-up; one retry, loudly
+        warnings.warn(f"DDP fit failed once, retrying in a fresh folder:\n{done.stderr[-2000:]}", stacklevel=1)
+        tmp_path = tmp_path / "retry"
+        tmp_path.mkdir()
+        config = write_config(tmp_path, max_epochs=2, devices=2, strategy="ddp")
+        done = fit_subprocess(["--config", str(config)], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("exported tiny@1 (best)") == 1, done.stdout[-3000:]
     registry = Registry(tmp_path / "checkpoints")
