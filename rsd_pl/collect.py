@@ -23,6 +23,7 @@ from tqdm import tqdm
 from rsd_pl.data.libero_hdf5 import DemoWriter
 from rsd_pl.envs import (
     CAMERAS,
+    SHADOWS,
     LiberoEnv,
     check_index,
     env_kwargs,
@@ -109,7 +110,7 @@ def open_writer(cfg: CollectConfig, task_id: int) -> DemoWriter:
     kwargs = env_kwargs(cfg.image_size, cfg.cameras)
     env_args = {"type": 1, "env_name": info.problem_name, "problem_name": info.problem_name,
                 "bddl_file": info.bddl_relpath, "env_kwargs": kwargs,
-                "rsd_render": {"shadows": False}}  # LiberoEnv's default: frames rendered without shadows
+                "rsd_render": {"shadows": SHADOWS}}  # LiberoEnv renders the demos with its default
     return DemoWriter(demo_path(cfg.out, info.name), env_name=info.problem_name,
                       problem_info={"language_instruction": info.instruction, "problem_name": info.problem_name,
                                     "suite": cfg.suite, "task_id": task_id},

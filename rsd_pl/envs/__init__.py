@@ -1,6 +1,15 @@
 """LIBERO environments. Importing this package never imports LIBERO (see `LiberoEnv`)."""
 
-from rsd_pl.envs.libero import CAMERAS, LiberoEnv, TaskInfo, ensure_mujoco_gl, env_kwargs, num_init_states, task_info
+from rsd_pl.envs.libero import (
+    CAMERAS,
+    SHADOWS,
+    LiberoEnv,
+    TaskInfo,
+    ensure_mujoco_gl,
+    env_kwargs,
+    num_init_states,
+    task_info,
+)
 from rsd_pl.envs.suites import (
     SUITES,
     WAIT_ACTION,
@@ -12,6 +21,6 @@ from rsd_pl.envs.suites import (
 )
 
 __all__ = [
-    "CAMERAS", "SUITES", "WAIT_ACTION", "WAIT_STEPS", "LiberoEnv", "SuiteSpec", "check_index",
+    "CAMERAS", "SHADOWS", "SUITES", "WAIT_ACTION", "WAIT_STEPS", "LiberoEnv", "SuiteSpec", "check_index",
     "TaskInfo", "ensure_mujoco_gl", "env_kwargs", "num_init_states", "parse_index_list", "suite_spec", "task_info",
 ]

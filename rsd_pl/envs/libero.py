@@ -80,6 +80,10 @@ def num_init_states(suite: str, task_id: int) -> int:
     return len(_benchmark(suite).get_task_init_states(task_id))
 
 
+SHADOWS = False
+"""Default render setting of collection and evaluation (see LiberoEnv); demo files record it."""
+
+
 def env_kwargs(camera_size: int | None, cameras: Sequence[str], render_every_step: bool = True) -> dict:
     """The robosuite keyword arguments of a LiberoEnv.
 
@@ -103,7 +107,7 @@ class LiberoEnv:
 
     def __init__(self, suite: str, task_id: int, *, camera_size: int | None = 128,
                  cameras: Sequence[str] = ("agentview", "eye_in_hand"), seed: int = 0,
-                 shadows: bool = False, render_every_step: bool = True) -> None:
+                 shadows: bool = SHADOWS, render_every_step: bool = True) -> None:
         """shadows: MuJoCo shadows and reflections. Off by default: CPU rendering (Mesa llvmpipe) is
         about 1.6x faster without them (measured 7.2 -> 11.9 steps/s, one 64 px camera). Demos record
         the setting in `env_args`, so collection and evaluation render the same way; turn it on to
@@ -129,9 +133,6 @@ class LiberoEnv:
         self._env = ControlEnv(bddl_file_name=self.bddl_file, **kwargs)
         self._env.seed(seed)
         self.shadows = shadows
-        # what demo files record: robosuite's arguments (frames are the same with or without
-        # per-step rendering, so that flag is left out) and the render setting
-        self.env_args = {**env_kwargs(camera_size, self.cameras), "shadows": shadows}
         self.goal: list[list[str]] = [list(g) for g in self._env.env.parsed_problem["goal_state"]]
 
     # --- facts -------------------------------------------------------------------------------

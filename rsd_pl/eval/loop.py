@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rsd_pl.decoding.config import MODES, DecodingConfig
+from rsd_pl.envs import SHADOWS
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.report import (
     EPISODES_FILE,
@@ -64,7 +65,7 @@ class EvalConfig:
     camera_size: int = 128
     """Side of the rendered camera images before resizing to the model's image size (LIBERO demos,
     which the model was trained on, are rendered at 128)."""
-    shadows: bool = False
+    shadows: bool = SHADOWS
     """Render MuJoCo shadows and reflections. Off by default (1.6x faster CPU rendering), as in
     `collect`; turn on for models trained on the official LIBERO datasets."""
     max_steps: int | None = None
@@ -183,7 +184,7 @@ class EvalModule(L.LightningModule):
     device) and builds one policy per mode over the same weights, lazily, once they are placed."""
 
     def __init__(self, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec, out_dir: str | Path,
-                 camera_size: int = 128, video_fps: int = 20, shadows: bool = False) -> None:
+                 camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS) -> None:
         super().__init__()
         self.models = models
         self.make_policy = make_policy
