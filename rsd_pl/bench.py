@@ -52,7 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--chunks", type=int, default=30, help="timed chunks per mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed chunks per mode first")
-    parser.add_argument("--draft_len", type=int, default=7)
+    parser.add_argument("--draft_len", type=int, nargs="+", default=[7],
+                        help="layers proposed per round; several values = k per round, the last repeating")
     parser.add_argument("--acceptance", default="exact", choices=["exact", "sampling", "relaxed"],
                         help="speculative acceptance rule (sampling needs --temperature > 0)")
     parser.add_argument("--tau", type=float, default=0.05, help="relaxed: max action gap, normalised units")
@@ -157,7 +158,8 @@ def observation_batches(main: MainModel, count: int, device: torch.device) -> li
 def decoding_config(args: argparse.Namespace, mode: str) -> DecodingConfig:
     """The bench's decoding flags for one mode (the acceptance rule only matters for speculative)."""
     acceptance = args.acceptance if mode == "speculative" else ("sampling" if args.temperature > 0 else "exact")
-    return DecodingConfig(mode=mode, acceptance=acceptance, draft_len=args.draft_len, tau=args.tau,
+    draft_len = args.draft_len[0] if len(args.draft_len) == 1 else list(args.draft_len)
+    return DecodingConfig(mode=mode, acceptance=acceptance, draft_len=draft_len, tau=args.tau,
                           temperature=args.temperature)
 
 

@@ -136,8 +136,13 @@ class Registry:
         extra_json: dict[str, dict[str, Any]] | None = None,
         best_metric: str | None = None,
         best_mode: Mode = "min",
+        best_group: str | None = None,
     ) -> Artifact:
-        """Write a new version of ``name`` and update ``latest`` and ``best``."""
+        """Write a new version of ``name`` and update ``latest`` and ``best``.
+
+        ``best_group`` says which versions' metrics are comparable (e.g. drafts distilled from the
+        same main model): ``best`` is chosen among the versions in the latest version's group, so a
+        retrained parent never leaves ``best`` pointing at a child of the old parent."""
         _check_name(name)
         files = _json_files(config, metrics, lineage, extra_json or {})
         weights = _prepare_tensors(name, tensors)
@@ -151,7 +156,8 @@ class Registry:
             created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             self._write_artifact_dir(name, version, weights, files)
             entry.update(best_metric=metric, best_mode=mode)
-            entry["versions"].append({"version": version, "created": created, "best_value": value})
+            entry["versions"].append({"version": version, "created": created, "best_value": value,
+                                      "best_group": best_group})
             entry["aliases"] = _aliases(entry)
             self._write_index(index)
         return self._artifact(entry, name, version)
@@ -288,9 +294,13 @@ def _metric_value(name: str, metrics: dict[str, Any], metric: str) -> float:
 
 
 def _aliases(entry: dict[str, Any]) -> dict[str, int]:
-    """``latest`` = highest version; ``best`` = best finite value (earliest on ties)."""
-    aliases = {"latest": max(v["version"] for v in entry["versions"])}
-    scored = [v for v in entry["versions"] if v["best_value"] is not None and math.isfinite(v["best_value"])]
+    """``latest`` = highest version; ``best`` = best finite value (earliest on ties) among the
+    versions in the latest version's ``best_group``."""
+    latest = max(entry["versions"], key=lambda v: v["version"])
+    aliases = {"latest": latest["version"]}
+    group = latest.get("best_group")
+    scored = [v for v in entry["versions"] if v["best_value"] is not None and math.isfinite(v["best_value"])
+              and v.get("best_group") == group]
     if scored:
         sign = 1.0 if entry["best_mode"] == "min" else -1.0
         aliases["best"] = min(scored, key=lambda v: (sign * v["best_value"], v["version"]))["version"]

@@ -9,6 +9,7 @@ certainly different ("wrong"), or a fixed random function of the lower layers ("
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -98,6 +99,21 @@ class ScriptedDraft(nn.Module):
         out = main.latent_dim * main.num_levels
         self.random_weight = 2.0 * torch.randn(main.num_layers, width, out, generator=generator, dtype=torch.float64)
         self.calls = 0
+
+    # The draft cache protocol; the stub's "cache" is just the codes fed so far.
+    def start(self, query_hidden: Tensor) -> SimpleNamespace:
+        return SimpleNamespace(query_hidden=query_hidden, codes=None, num_blocks=0)
+
+    def extend(self, codes: Tensor, first_layer: int, cache: SimpleNamespace) -> Tensor:
+        assert first_layer == cache.num_blocks + 1, (first_layer, cache.num_blocks)
+        cache.codes = codes if cache.codes is None else torch.cat([cache.codes, codes], dim=-1)
+        cache.num_blocks = cache.codes.shape[-1]
+        first = cache.num_blocks - codes.shape[-1] + 1
+        return torch.stack([self.next_layer_logits(cache.query_hidden, cache.codes[..., :m])
+                            for m in range(first, cache.num_blocks + 1)], dim=1)
+
+    def crop_cache(self, cache: SimpleNamespace, num_blocks: int) -> None:
+        cache.codes, cache.num_blocks = cache.codes[..., :num_blocks], num_blocks
 
     def next_layer_logits(self, query_hidden: Tensor, codes: Tensor) -> Tensor:
         """codes [B, T, d, m] -> logits of layer m+1 [B, T, d, K]."""

@@ -80,6 +80,17 @@ def test_always_wrong_draft_needs_eight_main_forwards() -> None:
     assert stats.code_agreement == 0.0
 
 
+def test_draft_len_per_round() -> None:
+    """k = [1, 7]: one proposal in round 1, then the rest. Always-right draft: round 1 gives layer 2 +
+    the bonus layer 3, round 2 proposes 4..8 and gets all -> 3 main forwards, 1 + 5 draft forwards."""
+    main = tiny_main(8)
+    batch = tiny_batch(8, 1)
+    engine = make_engine(main, "speculative", ScriptedDraft(main, batch), draft_len=[1, 7])
+    result = engine.decode_chunk(batch)
+    assert (result.stats.main_forwards, result.stats.draft_forwards) == (3, 6)
+    assert torch.equal(result.codes, make_engine(main, "ar").decode_chunk(batch).codes)
+
+
 def test_bonus_layer_when_all_proposals_pass() -> None:
     """k=3, always right: prefill -> 1; verify 2,3,4 + bonus 5; verify 6,7,8 = 3 main forwards."""
     main = tiny_main(3)
@@ -156,6 +167,8 @@ def test_mismatched_shapes_are_an_error() -> None:
         (dict(mode="beam"), "decoding.mode"),
         (dict(acceptance="maybe"), "decoding.acceptance"),
         (dict(draft_len=0), "draft_len"),
+        (dict(draft_len=[1, 0]), "draft_len"),
+        (dict(draft_len=[]), "draft_len"),
         (dict(acceptance="sampling", temperature=0.0), "temperature > 0"),
         (dict(acceptance="exact", temperature=0.7), "temperature=0"),
         (dict(mode="parallel", early_exit_bound=0.1), "early_exit_bound"),
@@ -199,6 +212,30 @@ def test_relaxed_rule_accepts_exactly_when_the_action_gap_is_within_tau() -> Non
     assert 0 < int(verdict.accepted.sum()) < 6
     expected = torch.where(verdict.accepted[:, None, None], draft_codes, main_codes)
     assert torch.equal(verdict.codes, expected)
+
+
+def test_relaxed_rule_judges_a_run_in_one_call_as_it_would_layer_by_layer() -> None:
+    """verify_run batches every proposed layer into one decoder call (shorter prefixes padded with
+    the centre level); its verdicts must equal the one-layer-at-a-time ones."""
+    main = tiny_main(8)
+    tokenizer = tiny_tokenizer(main)
+    generator = torch.Generator().manual_seed(1)
+    shape = (5, main.chunk_len, main.latent_dim)
+    codes = torch.randint(0, main.num_levels, (*shape, 2), generator=generator)  # layers 1..2 decided
+    proposals = torch.randint(0, main.num_levels, (*shape, 4), generator=generator)  # layers 3..6
+    main_logits = torch.randn(shape[0], 5, *shape[1:], main.num_levels, generator=generator)  # + bonus layer
+    calls = []
+    def decode(c: torch.Tensor) -> torch.Tensor:
+        calls.append(c.shape)
+        return tokenizer.decode_codes(c)
+    with torch.no_grad():
+        batched = list(RelaxedRule(0.05, decode).verify_run(codes, proposals, [None] * 4, main_logits))
+        for i, verdict in enumerate(batched):
+            prefix = torch.cat([codes, proposals[..., :i]], dim=-1)
+            one = RelaxedRule(0.05, tokenizer.decode_codes).verify(proposals[..., i], None, main_logits[:, i], prefix)
+            assert torch.equal(verdict.accepted, one.accepted) and torch.equal(verdict.codes, one.codes), i
+    assert len(calls) == 1 and calls[0][0] == 4 * 2 * 5
+    assert any(0 < int(v.accepted.sum()) < 5 for v in batched)  # tau splits the elements somewhere
 
 
 def test_env_actions_are_unnormalised_and_the_gripper_binarised() -> None:

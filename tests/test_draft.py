@@ -25,6 +25,27 @@ def test_forward_and_next_layer_agree(draft):
             torch.testing.assert_close(step, full[:, known - 1], atol=1e-5, rtol=1e-5)
 
 
+def test_cached_steps_match_teacher_forcing(draft):
+    """The engine's path: start, feed blocks in uneven groups, crop, re-feed changed layers."""
+    query_hidden, codes = torch.randn(3, 8, 32), torch.randint(0, 7, (3, 8, 16, 8))
+    with torch.no_grad():
+        full = draft(query_hidden, codes)  # [B, 7, T, d, K]: layers 2..8
+        cache = draft.start(query_hidden)
+        torch.testing.assert_close(draft.extend(codes[..., :3], 1, cache), full[:, :3], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(draft.extend(codes[..., 3:4], 4, cache), full[:, 3:4], atol=1e-5, rtol=1e-5)
+        assert cache.num_blocks == 4 and cache.keys[0].shape[2] == 5 * 8
+        other = (codes + 1) % 7
+        other_full = draft(query_hidden, torch.cat([codes[..., :2], other[..., 2:]], dim=-1))
+        draft.crop_cache(cache, 2)  # layers 3 and 4 were rejected: re-feed different codes
+        torch.testing.assert_close(draft.extend(other[..., 2:7], 3, cache), other_full[:, 2:], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_refuses_a_gap(draft):
+    cache = draft.start(torch.randn(1, 8, 32))
+    with pytest.raises(RsdError, match="cache holds layers 1..0"):
+        draft.extend(torch.randint(0, 7, (1, 8, 16, 1)), 2, cache)
+
+
 def test_prediction_ignores_later_layers(draft):
     query_hidden, codes = torch.randn(2, 8, 32), torch.randint(0, 7, (2, 8, 16, 8))
     changed = codes.clone()

@@ -8,7 +8,7 @@ rejected layer of a round is always replaced by the main model's choice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +35,20 @@ class LayerVerdict:
     agreed: Tensor  # bool [B, T, d]: draft code == main argmax (for the agreement statistic)
 
 
-class ExactRule:
+class LayerByLayer:
+    """`verify_run` for rules that judge one layer at a time: layer i is judged only after layers
+    < i passed, so a rule that draws random numbers draws them in the order `ar` would."""
+
+    def verify_run(self, codes: Tensor, proposals: Tensor, draft_logits: list[Tensor],
+                   main_logits: Tensor) -> Iterator[LayerVerdict]:
+        """Verdicts for proposals [B, T, d, n] in order (the caller stops at the first rejection).
+        main_logits [B, >= n, T, d, K]: the main model's prediction for each proposed layer."""
+        for i in range(proposals.shape[-1]):
+            prefix = torch.cat([codes, proposals[..., :i]], dim=-1)  # codes + the layers passed so far
+            yield self.verify(proposals[..., i], draft_logits[i], main_logits[:, i], prefix)
+
+
+class ExactRule(LayerByLayer):
     """Accept a layer when all its codes equal the main model's argmax; output == greedy ar."""
 
     name = "exact"
@@ -46,7 +59,7 @@ class ExactRule:
         return LayerVerdict(codes=main_codes, accepted=agreed.flatten(1).all(dim=1), agreed=agreed)
 
 
-class SamplingRule:
+class SamplingRule(LayerByLayer):
     """Per-code speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via
     Speculative Decoding", Algorithm 1): keep draft code x ~ q with probability min(1, p(x)/q(x)),
     otherwise draw from norm(max(0, p - q)). Each kept or redrawn code is distributed exactly as p.
@@ -90,6 +103,27 @@ class RelaxedRule:
         main_codes = main_logits.argmax(dim=-1)  # [B, T, d]
         with_draft = self.decode(torch.cat([prefix, draft_codes.unsqueeze(-1)], dim=-1))  # [B, T, D]
         with_main = self.decode(torch.cat([prefix, main_codes.unsqueeze(-1)], dim=-1))  # [B, T, D]
+        return self._verdict(draft_codes, main_codes, with_draft, with_main)
+
+    def verify_run(self, codes: Tensor, proposals: Tensor, draft_logits: list[Tensor],
+                   main_logits: Tensor) -> Iterator[LayerVerdict]:
+        """All proposed layers with ONE decoder call (deterministic, so judging layers past the
+        first rejection changes nothing but time). Layer i compares codes + proposals[:i + 1]
+        with codes + proposals[:i] + main argmax i. Shorter prefixes are padded with the centre
+        level, which dequantises to 0 in the residual FSQ, so padding equals the prefix itself."""
+        num = proposals.shape[-1]
+        main_codes = main_logits[:, :num].argmax(dim=-1).permute(0, 2, 3, 1)  # [B, T, d, n]
+        centre = (main_logits.shape[-1] - 1) // 2
+        variants = []
+        for i in range(num):
+            pad = codes.new_full((*codes.shape[:-1], num - 1 - i), centre)
+            variants.append(torch.cat([codes, proposals[..., : i + 1], pad], dim=-1))
+            variants.append(torch.cat([codes, proposals[..., :i], main_codes[..., i : i + 1], pad], dim=-1))
+        decoded = self.decode(torch.cat(variants, dim=0)).unflatten(0, (num, 2, codes.shape[0]))  # [n, 2, B, T, D]
+        for i in range(num):
+            yield self._verdict(proposals[..., i], main_codes[..., i], decoded[i, 0], decoded[i, 1])
+
+    def _verdict(self, draft_codes: Tensor, main_codes: Tensor, with_draft: Tensor, with_main: Tensor) -> LayerVerdict:
         action_gap = (with_draft - with_main).abs().flatten(1).amax(dim=1)  # [B]
         accepted = action_gap <= self.tau
         codes = torch.where(accepted[:, None, None], draft_codes, main_codes)

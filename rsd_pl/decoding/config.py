@@ -18,8 +18,11 @@ class DecodingConfig:
     """l1 (regression head), parallel (all layers from Q), ar (layer by layer) or speculative."""
     acceptance: str = "exact"
     """Speculative only: exact (== greedy ar), sampling (== ar sampling), relaxed (|action diff| <= tau)."""
-    draft_len: int = 7
-    """k: layers the draft proposes per round (capped by the layers left)."""
+    draft_len: int | list[int] = 7
+    """k: layers the draft proposes per round (capped by the layers left). A list gives k per round,
+    the last entry repeating: [1, 7] proposes one layer first, then the rest; worth it when the
+    report's acceptance by depth shows the first drafted layer is mostly rejected, since every
+    proposal after a rejection is wasted draft work."""
     tau: float = 0.05
     """relaxed only: max |action difference| in normalised units for a draft layer to pass."""
     temperature: float = 0.0
@@ -38,8 +41,9 @@ class DecodingConfig:
             raise RsdError(f"decoding.mode={self.mode!r} is not one of {MODES}")
         if self.acceptance not in ACCEPTANCE_RULES:
             raise RsdError(f"decoding.acceptance={self.acceptance!r} is not one of {ACCEPTANCE_RULES}")
-        if self.draft_len < 1:
-            raise RsdError(f"decoding.draft_len={self.draft_len} must be >= 1")
+        lengths = self.draft_len if isinstance(self.draft_len, list | tuple) else [self.draft_len]
+        if not lengths or any(not isinstance(k, int) or k < 1 for k in lengths):
+            raise RsdError(f"decoding.draft_len={self.draft_len} must be an int >= 1 or a non-empty list of them")
         if self.tau < 0:
             raise RsdError(f"decoding.tau={self.tau} must be >= 0")
         if self.temperature < 0:

@@ -63,7 +63,7 @@ class DecodingEngine:
             return RelaxedRule(self.config.tau, self.tokenizer.decode_codes)
         return ExactRule()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_chunk(self, batch: dict) -> ChunkResult:
         """batch: the model batch of docs/contracts.md -> ChunkResult with actions [B, T, D]."""
         batch = _to_device(batch, self.device)

@@ -40,8 +40,16 @@ class MainLike(Protocol):
 
 
 class DraftLike(Protocol):
-    def next_layer_logits(self, query_hidden: Tensor, codes: Tensor) -> Tensor:
-        """query_hidden [B, T, H], codes [B, T, d, m] -> logits of layer m+1 [B, T, d, K]."""
+    """A draft with its own cache, fed incrementally like the main model."""
+
+    def start(self, query_hidden: Tensor) -> Any:
+        """query_hidden [B, T, H] -> a fresh draft cache holding no layer blocks yet."""
+
+    def extend(self, codes: Tensor, first_layer: int, cache: Any) -> Tensor:
+        """codes [B, T, d, n] of layers first_layer.. (first_layer = blocks cached + 1)
+        -> logits [B, n, T, d, K] of layers first_layer+1..; appends the blocks to the cache."""
+
+    def crop_cache(self, cache: Any, num_blocks: int) -> None: ...  # keep the first num_blocks layer blocks
 
 
 class TokenizerLike(Protocol):

@@ -6,7 +6,7 @@ Layers are numbered 1..L here as in the contracts; `codes[..., m - 1]` is layer 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -50,7 +50,7 @@ def speculative_decode(
     batch: dict,
     rule: AcceptanceRule,
     *,
-    draft_len: int,
+    draft_len: int | Sequence[int],
     temperature: float,
     generator: torch.Generator | None,
     stats: ChunkStats,
@@ -62,13 +62,16 @@ def speculative_decode(
     of T x d codes. Returns codes [B, T, d, m], m = L unless `stop` ended it early.
 
     1. Prefill: one main forward over prefix + Q gives layer 1 and the Q hidden states.
-    2. Draft: propose layers m+1..m+k one by one (k draft forwards), each on its own proposals.
+    2. Draft: propose layers m+1..m+k one by one (k draft forwards), each on its own proposals;
+       k may differ per round (`draft_len` as a list, the last entry repeating).
+       The draft keeps a KV cache: each forward feeds only the blocks it has not seen yet.
     3. Verify: ONE main `extend` over the blocks of layer m (the last decided layer) and of the
        proposals gives the main model's prediction for layers m+1..m+k (+ m+k+1 as a bonus).
     4. Accept the longest run of layers that pass the rule; the first rejected layer is replaced
        by the main model's choice; if all pass, the bonus prediction decides one more layer.
        So every verify yields >= 1 layer: L layers cost 2 (all accepted) .. L (none) main forwards.
-    5. Crop the KV cache to the blocks whose codes are now final (layers 1..m-1).
+    5. Crop the main KV cache to the blocks whose codes are now final (layers 1..m-1), and the
+       draft's to the blocks it was fed that are still final.
     6. Repeat from 2 until L layers (or the early-exit check stops it).
     With a batch, a round ends at the first layer rejected by any element (the cache is shared);
     the other elements keep their own accepted codes for that layer.
@@ -79,14 +82,18 @@ def speculative_decode(
         prefill = main.prefill(batch)
         codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
     stats.main_forwards += 1
+    draft_cache = None
+    lengths = [draft_len] if isinstance(draft_len, int) else list(draft_len)
+    rounds = 0
     while codes.shape[-1] < num_layers and not _stopped(stop, codes, stats):
         m = codes.shape[-1]
-        num_proposed = min(draft_len, num_layers - m)
+        num_proposed = min(lengths[min(rounds, len(lengths) - 1)], num_layers - m)
+        rounds += 1
         # 2. Draft proposals for layers m+1..m+num_proposed.
         with timer.section("draft_s"):
-            proposals, draft_logits = _draft_layers(
-                draft, prefill.query_hidden, codes, num_proposed, temperature, generator
-            )
+            if draft_cache is None:
+                draft_cache = draft.start(prefill.query_hidden)
+            proposals, draft_logits = _draft_layers(draft, draft_cache, codes, num_proposed, temperature, generator)
         stats.draft_forwards += num_proposed
         with timer.section("verify_s"):
             # 3. One verify forward: blocks of layers m..last_block (block L does not exist).
@@ -99,27 +106,45 @@ def speculative_decode(
             if all_accepted and main_logits.shape[1] > num_proposed:
                 new_layers.append(choose_codes(main_logits[:, num_proposed], temperature, generator))
             codes = torch.cat([codes, torch.stack(new_layers, dim=-1)], dim=-1)
-            # 5. Keep only the blocks of final layers 1..m'-1 in the cache.
+            # 5. Keep only the blocks of final layers 1..m'-1 in the main cache; the draft keeps
+            # the blocks it was fed whose codes survived (all elements).
             main.crop_cache(prefill.cache, prefill.cache_len, codes.shape[-1] - 1)
+            survived = m + _leading_equal_layers(proposals, codes[..., m:])
+            draft.crop_cache(draft_cache, min(draft_cache.num_blocks, survived))
     return codes
 
 
 def _draft_layers(
     draft: DraftLike,
-    query_hidden: Tensor,
+    cache,
     codes: Tensor,
     num_proposed: int,
     temperature: float,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, list[Tensor]]:
-    """-> proposals [B, T, d, num_proposed], draft logits per proposed layer ([B, T, d, K] each)."""
-    context, logits_per_layer = codes, []
-    for _ in range(num_proposed):
-        logits = draft.next_layer_logits(query_hidden, context)  # [B, T, d, K]
-        layer = choose_codes(logits, temperature, generator)  # [B, T, d]
-        context = torch.cat([context, layer.unsqueeze(-1)], dim=-1)
+    """-> proposals [B, T, d, num_proposed], draft logits per proposed layer ([B, T, d, K] each).
+
+    The first forward feeds every decided layer the draft cache lacks; each later one feeds only
+    the previous proposal. The last proposal is never fed (nothing would read its prediction)."""
+    fed = cache.num_blocks
+    logits = draft.extend(codes[..., fed:], fed + 1, cache)[:, -1]  # [B, T, d, K] for layer m+1
+    layers, logits_per_layer = [], []
+    for i in range(num_proposed):
+        if i:
+            logits = draft.extend(layers[-1].unsqueeze(-1), codes.shape[-1] + i, cache)[:, 0]
+        layers.append(choose_codes(logits, temperature, generator))  # [B, T, d]
         logits_per_layer.append(logits)
-    return context[..., codes.shape[-1] :], logits_per_layer
+    return torch.stack(layers, dim=-1), logits_per_layer
+
+
+def _leading_equal_layers(proposed: Tensor, final: Tensor) -> int:
+    """How many leading layers of `proposed` equal `final` for every element ([B, T, d, n] each)."""
+    count = 0
+    for i in range(min(proposed.shape[-1], final.shape[-1])):
+        if not torch.equal(proposed[..., i], final[..., i]):
+            break
+        count += 1
+    return count
 
 
 def _accept_run(
@@ -136,10 +161,8 @@ def _accept_run(
     whether every proposal passed for every element."""
     decided: list[Tensor] = []
     all_accepted = True
-    for i in range(proposals.shape[-1]):
+    for i, verdict in enumerate(rule.verify_run(codes, proposals, draft_logits, main_logits)):
         depth = m + i  # 0-based index of the proposed layer (layer m+1+i)
-        prefix = torch.cat([codes, proposals[..., :i]], dim=-1)  # == codes + decided layers
-        verdict = rule.verify(proposals[..., i], draft_logits[i], main_logits[:, i], prefix)
         stats.accepted_by_depth[depth] += int(verdict.accepted.sum())
         stats.codes_compared += verdict.agreed.numel()
         stats.codes_agreed += int(verdict.agreed.sum())

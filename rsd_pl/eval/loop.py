@@ -213,6 +213,9 @@ class EvalModule(L.LightningModule):
         result = run_episode(env, self._policies[mode], item["max_steps"], trial=item["trial"],
                              seed=item["seed"], mode=mode, image_size=self.obs.image_size,
                              record_frames=item["record"])
+        engine = getattr(self._policies[mode], "engine", None)
+        if engine is not None:
+            result.decoding = engine.config.to_dict()
         if result.frames:
             result.video = str(self._write_video(result))
         if result.status == "error":

@@ -161,7 +161,31 @@ def mode_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         if chunks else math.nan,
         "acceptance_rate": accepted / proposed if proposed else math.nan,
         "acceptance_by_depth": by_depth,
+        "decoding": decoding_settings(records),
     }
+
+
+def decoding_settings(records: list[dict[str, Any]]) -> str:
+    """The engine settings that matter for the mode, e.g. 'relaxed, tau 0.05, k 7, greedy'; several
+    settings (a resumed run with a changed config) are all listed, separated by ' | '."""
+    seen: list[str] = []
+    for record in records:
+        cfg = record.get("decoding") or {}
+        if not cfg:
+            text = "not recorded"
+        elif cfg.get("mode") == "speculative":
+            text = cfg["acceptance"] + (f", tau {cfg['tau']:g}" if cfg["acceptance"] == "relaxed" else "")
+            k = cfg["draft_len"]
+            text += f", k {','.join(map(str, k)) if isinstance(k, list) else k}"
+        else:
+            text = cfg.get("mode", "?")
+        if cfg:
+            text += ", greedy" if not cfg.get("temperature") else f", temperature {cfg['temperature']:g}"
+            if cfg.get("early_exit_bound") is not None:
+                text += f", early exit {cfg['early_exit_bound']:g}"
+        if text not in seen:
+            seen.append(text)
+    return " | ".join(seen)
 
 
 def _mode_rank(mode: str) -> tuple[int, str]:
@@ -224,15 +248,15 @@ def markdown(report: dict[str, Any]) -> str:
     """Markdown tables: modes, suites, tasks, acceptance by depth, speedup, errors."""
     lines = ["# Evaluation report", "", f"{report['episodes']} episodes.", "",
              "| mode | success | timeouts | errors | chunks | latency mean ms | p50 ms | p95 ms "
-             "| main fwd/chunk | draft fwd/chunk | acceptance |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| main fwd/chunk | draft fwd/chunk | acceptance | decoding |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in report["modes"].items():
         lat = m["latency_ms"]
         lines.append(f"| {mode} | {_rate(m)} | {m['timeouts']} | {m['errors']} | {m['chunks']} "
                      f"| {_fmt(lat['mean'])} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} "
                      f"| {_fmt(m['main_forwards_per_chunk'], '.2f')} "
                      f"| {_fmt(m['draft_forwards_per_chunk'], '.2f')} "
-                     f"| {_pct(m['acceptance_rate'])} |")
+                     f"| {_pct(m['acceptance_rate'])} | {m['decoding']} |")
     lines += ["", "| mode | suite | success | timeouts | errors |", "|---|---|---|---|---|"]
     lines += [f"| {s['mode']} | {s['suite']} | {_rate(s)} | {s['timeouts']} | {s['errors']} |"
               for s in report["suites"]]

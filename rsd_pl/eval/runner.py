@@ -91,6 +91,8 @@ class EpisodeResult:
     error: str | None = None
     """Traceback when status == error."""
     video: str | None = None
+    decoding: dict[str, Any] = field(default_factory=dict)
+    """The engine settings this episode ran with (acceptance rule, tau, draft_len, temperature...)."""
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
     """uint8 [S, V*S, 3] frames when recording was asked; never written to the JSONL."""
 

@@ -69,15 +69,19 @@ def export_to_registry(
     missing = [key for key in PAYLOAD_KEYS if key not in payload]
     if missing:
         raise RsdError(f"{type(module).__qualname__}.export_payload() lacks keys {missing}")
+    lineage = {**payload["lineage"], **run_lineage}
+    group_keys = getattr(module, "best_group_keys", ())
+    best_group = "|".join(f"{key}={lineage.get(key)}" for key in group_keys) if group_keys else None
     return registry.export(
         module.artifact_name,
         payload["tensors"],
         config=payload["config"],
         metrics={**payload["metrics"], **validated},
-        lineage={**payload["lineage"], **run_lineage},
+        lineage=lineage,
         extra_json={**run_json, **payload.get("extra_json", {})},
         best_metric=module.monitor,
         best_mode=module.monitor_mode,
+        best_group=best_group,
     )
 
 

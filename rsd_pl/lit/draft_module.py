@@ -43,6 +43,7 @@ class DraftModule(L.LightningModule):
     artifact_name = "draft"
     monitor = "val/agreement"
     monitor_mode = "max"
+    best_group_keys = ("main",)  # agreement is only comparable between drafts of the same main model
 
     def __init__(self, main: str = "main@best", registry_root: str | None = None, hidden: int = 128,
                  layers: int = 2, heads: int = 4, mlp: int = 512, kl_weight: float = 1.0, ce_weight: float = 0.5,

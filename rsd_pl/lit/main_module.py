@@ -86,6 +86,7 @@ class MainModule(L.LightningModule):
     artifact_name = "main"
     monitor = "val/token_acc"
     monitor_mode = "max"
+    best_group_keys = ("tokenizer", "data_fingerprint")  # token accuracy depends on both
 
     def __init__(self, network: MainModelConfig | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
                  warmup_steps: int = 50, ar_weight: float = 1.0, parallel_weight: float = 1.0,

@@ -43,6 +43,7 @@ class RFSQModule(L.LightningModule):
     artifact_name = "rfsq"
     monitor = "val/mae_depth_8"  # best checkpoint and rfsq@best: lowest full-depth reconstruction error
     monitor_mode = "min"
+    best_group_keys = ("data_fingerprint",)  # reconstruction error is comparable on the same data only
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ Layout appended after the prefix (causal):  [Q_1..Q_T] [B1_1..B1_T] ... [B(L-1)_
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -44,12 +45,15 @@ class CodeBlockEmbedding(nn.Module):
         last = first_layer + num_new - 1
         if first_layer < 1 or last > self.num_blocks:
             raise ValueError(f"code blocks exist for layers 1..{self.num_blocks}, asked {first_layer}..{last}")
-        table = self.codes[first_layer - 1 : last]  # (n, d, K, H)
-        dims = torch.arange(self.latent_dim, device=codes.device)
-        # gather table[j, i, codes[b, t, i, j]] for every (b, t, i, j)
-        layer_idx = torch.arange(num_new, device=codes.device)
-        picked = table[layer_idx.view(1, 1, 1, -1), dims.view(1, 1, -1, 1), codes]  # (B, T, d, n, H)
-        blocks = picked.sum(dim=2).transpose(1, 2)  # (B, n, T, H)
+        # sum over i of table[first_layer - 1 + j, i, codes[b, t, i, j]], as one embedding_bag over the
+        # flattened (layer, dim, level) table: one op instead of a gather and a sum (decoding calls it per step)
+        batch, steps, dims, _ = codes.shape
+        layer_ids = torch.arange(first_layer - 1, last, device=codes.device).view(1, 1, 1, -1)
+        dim_ids = torch.arange(dims, device=codes.device).view(1, 1, -1, 1)
+        flat = (layer_ids * dims + dim_ids) * self.num_levels + codes  # (B, T, d, n)
+        bags = flat.permute(0, 3, 1, 2).reshape(-1, dims)  # (B*n*T, d)
+        summed = F.embedding_bag(bags, self.codes.flatten(0, 2), mode="sum")  # (B*n*T, H)
+        blocks = summed.view(batch, num_new, steps, -1)  # (B, n, T, H)
         blocks = blocks + self.layer_embed[first_layer - 1 : last].view(1, num_new, 1, -1)
         blocks = blocks + self.step_embed.view(1, 1, *self.step_embed.shape)
         return blocks.flatten(1, 2)  # (B, n*T, H)
