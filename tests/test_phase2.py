@@ -3,6 +3,7 @@ process (bit-identical logits), and the clear errors (tokenizer shapes, lineage 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rsd_pl.data.libero_hdf5 import read_episodes
 from rsd_pl.data.normalize import ActionNormalizer
@@ -136,3 +138,44 @@ def test_fit_export_reload_bit_identical_and_lineage(synthetic_demo_file, regist
                     lineage=main_art.lineage)
     with pytest.raises(RsdError, match=f"distilled from '{main_art.spec}'"):
         load_draft(draft_art.spec, registry, main_spec="main@latest")
+
+
+def phase2_config(tmp_path, demo_file, registry: Registry, model: dict, name: str):
+    """A fit config for the CLI: micro main or draft, 2 steps per epoch, the fixture's registry."""
+    config = {
+        "seed_everything": 0,
+        "run_dir": str(tmp_path / "runs" / name),
+        "registry_root": str(registry.root),
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
+                    "enable_progress_bar": False, "logger": False},
+        "model": model,
+        "data": {"class_path": "rsd_pl.lit.vla_data.VLADataModule",
+                 "init_args": {"data": str(demo_file), "tokenizer": "rfsq@1", "image_size": 32,
+                               "use_object_pos": True, "val_fraction": 0.25, "batch_size": 16}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_main_and_draft_resume_with_ckpt_path_last(synthetic_demo_file, registry, tmp_path):
+    """`fit --ckpt_path last` continues main and draft runs from their step (2 steps per epoch)."""
+    from rsd_pl.lit.cli import run
+
+    main_model = {"class_path": "rsd_pl.lit.main_module.MainModule",
+                  "init_args": {"network": dataclasses.asdict(network())}}
+    main_config = phase2_config(tmp_path, synthetic_demo_file, registry, main_model, "main")
+    first = run(["--config", str(main_config)])
+    assert first.trainer.global_step == 2
+    resumed = run(["--config", str(main_config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 4 and resumed.trainer.current_epoch == 2
+    main_spec = registry.resolve("main@latest").spec
+    assert registry.resolve(main_spec).lineage["resumed_from"].endswith("last.ckpt")
+
+    draft_model = {"class_path": "rsd_pl.lit.draft_module.DraftModule",
+                   "init_args": {"main": main_spec, "hidden": 16, "layers": 1, "heads": 2, "mlp": 32}}
+    draft_config = phase2_config(tmp_path, synthetic_demo_file, registry, draft_model, "draft")
+    assert run(["--config", str(draft_config)]).trainer.global_step == 2
+    resumed = run(["--config", str(draft_config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 4
+    assert registry.resolve("draft@latest").lineage["main"] == main_spec

@@ -170,7 +170,8 @@ class MainModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         num_layers = self.cfg.num_layers
         shapes = {"count": 1, "tokens": 1, "loss": 1, "acc_ar": num_layers, "acc_parallel": num_layers,
-                  "l1_ar": 1, "l1_parallel": 1, "l1_regression": 1, "l1_tokenizer": 1}
+                  "l1_ar": 1, "l1_parallel": 1, "l1_regression": 1, "l1_tokenizer": 1,
+                  "code_counts": num_layers * self.cfg.num_levels}
         self._sums = {k: torch.zeros(n, dtype=torch.float64, device=self.device) for k, n in shapes.items()}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -182,6 +183,10 @@ class MainModule(L.LightningModule):
         sums["loss"] += loss.double() * size
         sums["acc_ar"] += layer_accuracy(out.layer_logits, target)
         sums["acc_parallel"] += layer_accuracy(out.parallel_logits, target)
+        levels = self.cfg.num_levels
+        layer_offsets = torch.arange(self.cfg.num_layers, device=self.device) * levels
+        flat = (batch["codes"][..., : self.cfg.num_layers] + layer_offsets).flatten()
+        sums["code_counts"] += torch.bincount(flat, minlength=self.cfg.num_layers * levels).double()
         decoded = {
             "l1_ar": tokenizer.decode_codes(greedy_ar_codes(self.model, batch)),
             "l1_parallel": tokenizer.decode_codes(out.parallel_logits.argmax(-1).permute(0, 2, 3, 1)),
@@ -196,9 +201,12 @@ class MainModule(L.LightningModule):
         count, tokens = sums["count"].clamp(min=1), sums["tokens"].clamp(min=1)
         metrics = {"loss": sums["loss"] / count, "token_acc": sums["acc_ar"].mean() / tokens,
                    "parallel_acc": sums["acc_parallel"].mean() / tokens}
+        # the majority baseline: always predict the layer's most frequent code (fine layers are not uniform)
+        majority = sums["code_counts"].view(self.cfg.num_layers, -1).amax(dim=1) / tokens
         for layer in range(self.cfg.num_layers):
             metrics[f"token_acc_layer_{layer + 1}"] = sums["acc_ar"][layer] / tokens
             metrics[f"parallel_acc_layer_{layer + 1}"] = sums["acc_parallel"][layer] / tokens
+            metrics[f"majority_layer_{layer + 1}"] = majority[layer]
         for key in ("l1_ar", "l1_parallel", "l1_regression", "l1_tokenizer"):
             metrics[key] = sums[key] / count
         self.val_metrics = {f"val/{k}": float(v) for k, v in metrics.items()}
@@ -234,11 +242,13 @@ class MainModule(L.LightningModule):
 
 def summary_table(metrics: dict[str, float], num_layers: int, num_levels: int, title: str) -> str:
     """Per layer: validation token accuracy of the AR heads and the parallel head; decoded-action L1."""
-    lines = [f"main model, validation ({title}); chance = {1 / num_levels:.3f} (K={num_levels})",
-             f"{'layer':>6} {'ar_acc':>8} {'parallel_acc':>13}"]
+    lines = [f"main model, validation ({title}); chance = {1 / num_levels:.3f} (K={num_levels}); "
+             "majority = always the layer's most frequent code",
+             f"{'layer':>6} {'ar_acc':>8} {'parallel_acc':>13} {'majority':>9}"]
     for layer in range(1, num_layers + 1):
+        majority = metrics.get(f"val/majority_layer_{layer}", float("nan"))
         lines.append(f"{layer:>6} {metrics[f'val/token_acc_layer_{layer}']:>8.3f} "
-                     f"{metrics[f'val/parallel_acc_layer_{layer}']:>13.3f}")
+                     f"{metrics[f'val/parallel_acc_layer_{layer}']:>13.3f} {majority:>9.3f}")
     lines.append(f"{'mean':>6} {metrics['val/token_acc']:>8.3f} {metrics['val/parallel_acc']:>13.3f}")
     l1 = ", ".join(f"{k}={metrics[f'val/{k}']:.4f}" for k in ("l1_ar", "l1_parallel", "l1_regression",
                                                                 "l1_tokenizer"))
