@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from rsd_pl.bench import main
 from rsd_pl.errors import RsdError
@@ -43,3 +44,15 @@ def test_bench_writes_a_report_with_every_mode(tmp_path, capsys) -> None:
 def test_bench_bad_arguments(argv: list[str], message: str) -> None:
     with pytest.raises(RsdError, match=message):
         main(argv)
+
+
+def test_7b_shaped_setting_builds_with_llama2_7b_dimensions() -> None:
+    """The GPU setting, built on the meta device (no memory, no GPU): the sizes are Llama-2-7B's."""
+    from rsd_pl.bench import scale_7b_setting
+
+    setting = scale_7b_setting(torch.device("meta"))
+    params = sum(p.numel() for p in setting.main.parameters())
+    assert 6.5e9 < params < 7.5e9, params
+    assert setting.main.hidden_size == 4096
+    assert next(setting.main.parameters()).dtype == torch.bfloat16
+    assert setting.draft.cfg.main_hidden == 4096 and setting.draft.cfg.hidden == 512
