@@ -210,8 +210,15 @@ def format_result(result: dict) -> str:
         lines.append(f"   speculative vs ar: {result['speedup_speculative_over_ar_p50']:.2f}x (p50), "
                      f"{result['speedup_speculative_over_ar_mean']:.2f}x (mean)")
     if result["weights"] == "random":
-        lines.append("   RANDOM WEIGHTS: latencies are real, acceptance is not (an untrained draft is ~never "
-                     "right, so speculative pays L main forwards + the draft: its worst case).")
+        spec = result["modes"].get("speculative", {})
+        rate = spec.get("acceptance_rate")
+        if rate is not None and rate >= 0.999:
+            case = "every proposal passed (relaxed with a huge tau): speculative's best case"
+        elif rate is not None and rate <= 0.001:
+            case = "an untrained draft is ~never right, so speculative pays L main forwards + the draft: its worst case"
+        else:
+            case = "an untrained draft's acceptance means nothing"
+        lines.append(f"   RANDOM WEIGHTS: latencies are real, acceptance is not ({case}).")
     return "\n".join(lines)
 
 

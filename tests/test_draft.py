@@ -61,3 +61,16 @@ def test_bad_inputs_raise(draft):
         draft(torch.randn(2, 8, 64), torch.randint(0, 7, (2, 8, 16, 8)))
     with pytest.raises(RsdError, match="known layers"):
         draft.next_layer_logits(torch.randn(2, 8, 32), torch.randint(0, 7, (2, 8, 16, 8)))
+
+
+def test_a_draft_from_before_the_kv_cache_is_refused_with_a_hint(tmp_path):
+    from rsd_pl.models.draft import load_draft
+    from rsd_pl.registry import Registry
+
+    cfg = DraftConfig(main_hidden=32, hidden=32, layers=1, heads=2, mlp=64)
+    tensors = {k: v.contiguous() for k, v in DraftModel(cfg).state_dict().items() if not k.startswith("blocks.")}
+    tensors["transformer.layers.0.linear1.weight"] = torch.zeros(64, 32)  # the old nn.TransformerEncoder layout
+    registry = Registry(tmp_path)
+    registry.export("draft", tensors, config={"draft": cfg.to_dict()}, metrics={}, lineage={})
+    with pytest.raises(RsdError, match="older rsd_pl whose draft had no KV cache"):
+        load_draft("draft@1", registry)

@@ -192,6 +192,10 @@ def load_draft(spec: str, registry, main_spec: str | None = None) -> tuple[Draft
     tensors = artifact.load_tensors()
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
+        hint = ""
+        if any(key.startswith("transformer.layers.") for key in unexpected):
+            hint = ("; it was exported by an older rsd_pl whose draft had no KV cache: retrain it "
+                    "(`fit --config configs/draft_tiny.yaml`, or REDO=draft bash scripts/quickstart.sh)")
         raise RsdError(f"{artifact.spec}: weights do not match its config: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
+                       f"unexpected {unexpected[:5]}{hint}")
     return model.eval(), artifact
