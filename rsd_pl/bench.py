@@ -64,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--main", default=None, help="registry spec of a trained main model (e.g. main@best)")
     parser.add_argument("--draft", default=None, help="registry spec of its draft (e.g. draft@best)")
     parser.add_argument("--tokenizer", default=None, help="registry spec (default: the main model's lineage)")
-    parser.add_argument("--registry", default="checkpoints")
+    parser.add_argument("--registry", "--registry_root", dest="registry", default="checkpoints",
+                        help="registry folder of --main / --draft (fit calls it --registry_root)")
     parser.add_argument("--out", default="runs/bench/decoding.json")
     args = parser.parse_args(argv)
     if args.chunks < 1 or args.warmup < 0:

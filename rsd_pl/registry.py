@@ -436,17 +436,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rsd_pl registry", description="List and inspect checkpoint registry artifacts."
     )
-    parser.add_argument("--root", default=None, help="registry folder (default: $RSD_CHECKPOINTS, else ./checkpoints)")
+    root_help = "registry folder (default: $RSD_CHECKPOINTS, else ./checkpoints)"
+    parser.add_argument("--root", default=None, help=root_help)
+    # --root is accepted after the command too; SUPPRESS keeps a value given before it
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    list_cmd = commands.add_parser("list", help="table of artifacts: name, version, aliases, metrics, lineage")
+    list_cmd = commands.add_parser("list", parents=[after],
+                                   help="table of artifacts: name, version, aliases, metrics, lineage")
     list_cmd.add_argument("name", nargs="?", default=None, help="only this artifact name")
-    show = commands.add_parser("show", help="config, metrics and lineage of one artifact")
+    show = commands.add_parser("show", parents=[after], help="config, metrics and lineage of one artifact")
     show.add_argument("spec", help="name, name@latest, name@best or name@<version>")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    """`registry list [NAME]` and `registry show SPEC`, both with `--root DIR` before the command."""
+    """`registry list [NAME]` and `registry show SPEC`, with `--root DIR` before or after the command."""
     args = _parser().parse_args(argv)
     registry = Registry(args.root)
     if args.command == "list":

@@ -234,6 +234,12 @@ def test_cli_list_and_show(tmp_path: Path, capsys) -> None:
         main(["--root", str(tmp_path), "show", "draft"])
     assert main(["--root", str(tmp_path / "none"), "list"]) == 0
     assert "no artifacts" in capsys.readouterr().out
+    assert main(["list", "--root", str(tmp_path)]) == 0  # --root after the command works too
+    assert "val/loss=0.25" in capsys.readouterr().out
+    assert main(["show", "rfsq@1", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("rfsq@1")
+    assert main(["--root", str(tmp_path / "none"), "list", "--root", str(tmp_path)]) == 0  # the later one wins
+    assert "rfsq" in capsys.readouterr().out
 
 
 def test_registry_subcommand_via_package_cli(tmp_path: Path, capsys, monkeypatch) -> None:
