@@ -176,4 +176,16 @@ def main(argv: list[str]) -> int:
             print(exit_.code, file=sys.stderr)
             return 1
         return exit_.code or 0
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under DDP, leave together: a rank that exits while another still holds its gloo connections
+    can make that one abort ('terminate called without an active exception'; seen in
+    tests/test_cli_ddp.py). Lightning leaves the process group open, so close it here."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
