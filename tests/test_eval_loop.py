@@ -73,7 +73,16 @@ def test_pending_items_skip_finished_runs_per_mode(tmp_path):
            {"suite": "libero_spatial", "task_id": 0, "trial": 1, "mode": "speculative", "status": "error"}]
     (out / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in done))
     items = loop.pending_items(cfg)
-    assert [(i["trial"], i["modes"]) for i in items] == [(1, ["ar"])]  # an errored run is not redone
+    assert [(i["trial"], i["modes"]) for i in items] == [(1, ["ar", "speculative"])]  # the error is retried
+    items = loop.pending_items(_cfg(tmp_path, num_trials=2, modes=["ar", "speculative"], draft="draft@best",
+                                    retry_errors=False))
+    assert [(i["trial"], i["modes"]) for i in items] == [(1, ["ar"])]
+
+    retried = {"suite": "libero_spatial", "task_id": 0, "trial": 1, "mode": "speculative", "status": "success"}
+    with open(out / EPISODES_FILE, "a") as log:
+        log.write(json.dumps(retried) + "\n")
+    statuses = {(r["trial"], r["mode"]): r["status"] for r in read_episodes(out)}
+    assert statuses[(1, "speculative")] == "success" and len(statuses) == 3  # the retry replaces the error
 
 
 def test_merge_rank_files(tmp_path):
@@ -85,6 +94,15 @@ def test_merge_rank_files(tmp_path):
     loop.merge_rank_files(tmp_path)
     assert [r["trial"] for r in read_episodes(tmp_path)] == [0, 1, 2]
     assert not list(tmp_path.glob("episodes.rank*.jsonl"))
+
+    # an errored episode retried on some rank: the retry is merged after the error line and wins
+    error = {**rows[0], "trial": 3, "status": "error"}
+    with open(tmp_path / EPISODES_FILE, "a") as log:
+        log.write(json.dumps(error) + "\n")
+    (tmp_path / "episodes.rank1.jsonl").write_text(json.dumps({**error, "status": "success"}) + "\n")
+    loop.merge_rank_files(tmp_path)
+    assert len((tmp_path / EPISODES_FILE).read_text().splitlines()) == 5
+    assert {r["trial"]: r["status"] for r in read_episodes(tmp_path)}[3] == "success"
 
 
 class CountingPolicy:

@@ -86,6 +86,9 @@ class EvalConfig:
     """CPU threads for torch (null = torch's default). On a shared CPU use 1: an oversubscribed
     OpenMP pool makes chunk latencies 10-100x slower and erratic."""
     progress_bar: bool = True
+    retry_errors: bool = True
+    """On a rerun, run again the episodes whose logged run ended in an error (a crashed renderer, a
+    killed worker). The error lines stay in the log; the report counts the newer record."""
 
 
 @dataclass(frozen=True)
@@ -264,8 +267,9 @@ class EvalModule(L.LightningModule):
 
 
 def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
-    """The episode list without the (suite, task, trial, mode) runs already logged under cfg.out."""
-    done = {episode_key(r) for r in read_episodes(cfg.out)}
+    """The episode list without the (suite, task, trial, mode) runs already logged under cfg.out
+    (errored runs count as not done when cfg.retry_errors)."""
+    done = {episode_key(r) for r in read_episodes(cfg.out) if not (cfg.retry_errors and r["status"] == "error")}
     items = []
     for item in episode_list(cfg):
         modes = [m for m in item["modes"] if episode_key({**item, "mode": m}) not in done]

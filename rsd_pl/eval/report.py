@@ -51,14 +51,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def read_episodes(out_dir: str | Path) -> list[dict[str, Any]]:
-    """All finished episodes under `out_dir` (merged file and per-rank files), one per key (first wins)."""
+    """All finished episodes under `out_dir` (merged file and per-rank files), one per key: the first
+    record, unless it is an error and a later run of the same episode exists (a retry)."""
     out_dir = Path(out_dir)
     paths = [out_dir / EPISODES_FILE, *sorted(out_dir.glob(RANK_FILE_GLOB))]
     seen: dict[tuple[str, int, int, str], dict[str, Any]] = {}
     for path in paths:
         if path.is_file():
             for record in read_jsonl(path):
-                seen.setdefault(episode_key(record), record)
+                key = episode_key(record)
+                if key not in seen or seen[key]["status"] == "error":
+                    seen[key] = record
     return list(seen.values())
 
 
@@ -81,8 +84,9 @@ class EpisodeLog:
 
 
 def merge_rank_files(out_dir: Path) -> None:
-    """Fold per-rank logs into episodes.jsonl (skipping episodes already there), then remove them."""
-    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE)}
+    """Fold per-rank logs into episodes.jsonl (skipping episodes already there, unless only as an
+    error: a retry is appended after it), then remove them."""
+    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE) if r["status"] != "error"}
     with open(out_dir / EPISODES_FILE, "a") as f:
         for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
             for record in read_episodes_file(path):
