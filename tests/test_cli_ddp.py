@@ -32,7 +32,9 @@ def fit_subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_ddp_two_ranks_export_once(tmp_path: Path) -> None:
     config = write_config(tmp_path, max_epochs=2, devices=2, strategy="ddp")
     done = fit_subprocess(["--config", str(config)], tmp_path)
-    if done.returncode != 0:  # seen ~1 run in 10 on the loaded 2-core machine: gloo start-up; one retry, loudly
+    # A rank used to abort at exit ('terminate called without an active exception', 2 runs in 5) until fit
+    # closed the process group (rsd_pl.lit.cli._close_process_group); one loud retry stays as a guard.
+    if done.returncode != 0:
         warnings.warn(f"DDP fit failed once, retrying in a fresh folder:\n{done.stderr[-2000:]}", stacklevel=1)
         tmp_path = tmp_path / "retry"
         tmp_path.mkdir()
