@@ -41,7 +41,7 @@ class DecodingConfig:
             raise RsdError(f"decoding.mode={self.mode!r} is not one of {MODES}")
         if self.acceptance not in ACCEPTANCE_RULES:
             raise RsdError(f"decoding.acceptance={self.acceptance!r} is not one of {ACCEPTANCE_RULES}")
-        lengths = self.draft_len if isinstance(self.draft_len, list | tuple) else [self.draft_len]
+        lengths = self.draft_lengths
         if not lengths or any(not isinstance(k, int) or k < 1 for k in lengths):
             raise RsdError(f"decoding.draft_len={self.draft_len} must be an int >= 1 or a non-empty list of them")
         if self.tau < 0:
@@ -63,6 +63,11 @@ class DecodingConfig:
                 f"decoding.acceptance={self.acceptance!r} compares with the main model's argmax and needs "
                 f"decoding.temperature=0 (got {self.temperature}); use acceptance='sampling' to sample"
             )
+
+    @property
+    def draft_lengths(self) -> list[int]:
+        """draft_len as a list: k of round i is entry min(i, len - 1)."""
+        return list(self.draft_len) if isinstance(self.draft_len, list | tuple) else [self.draft_len]
 
     @property
     def greedy(self) -> bool:

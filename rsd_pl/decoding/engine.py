@@ -103,7 +103,7 @@ class DecodingEngine:
         common = dict(temperature=cfg.temperature, generator=self.generator, stats=stats, timer=timer, stop=stop)
         if cfg.mode == "ar":
             return autoregressive_decode(self.main, batch, **common)
-        return speculative_decode(self.main, self.draft, batch, self.rule, draft_len=cfg.draft_len, **common)
+        return speculative_decode(self.main, self.draft, batch, self.rule, draft_lengths=cfg.draft_lengths, **common)
 
     def _early_exit_check(self, timer: SectionTimer):
         """Stop when the last decided layer moved the decoded action by less than the bound

@@ -50,7 +50,7 @@ def speculative_decode(
     batch: dict,
     rule: AcceptanceRule,
     *,
-    draft_len: int | Sequence[int],
+    draft_lengths: Sequence[int],
     temperature: float,
     generator: torch.Generator | None,
     stats: ChunkStats,
@@ -63,7 +63,7 @@ def speculative_decode(
 
     1. Prefill: one main forward over prefix + Q gives layer 1 and the Q hidden states.
     2. Draft: propose layers m+1..m+k one by one (k draft forwards), each on its own proposals;
-       k may differ per round (`draft_len` as a list, the last entry repeating).
+       k of round i is draft_lengths[min(i, len - 1)].
        The draft keeps a KV cache: each forward feeds only the blocks it has not seen yet.
     3. Verify: ONE main `extend` over the blocks of layer m (the last decided layer) and of the
        proposals gives the main model's prediction for layers m+1..m+k (+ m+k+1 as a bonus).
@@ -83,11 +83,10 @@ def speculative_decode(
         codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
     stats.main_forwards += 1
     draft_cache = None
-    lengths = [draft_len] if isinstance(draft_len, int) else list(draft_len)
     rounds = 0
     while codes.shape[-1] < num_layers and not _stopped(stop, codes, stats):
         m = codes.shape[-1]
-        num_proposed = min(lengths[min(rounds, len(lengths) - 1)], num_layers - m)
+        num_proposed = min(draft_lengths[min(rounds, len(draft_lengths) - 1)], num_layers - m)
         rounds += 1
         # 2. Draft proposals for layers m+1..m+num_proposed.
         with timer.section("draft_s"):
@@ -103,14 +102,15 @@ def speculative_decode(
             stats.main_forwards += 1  # main_logits [B, last_block - m + 1, T, d, K]: layers m+1..last_block+1
             # 4. Accept the longest passing run; correct the first rejected layer; bonus if none rejected.
             new_layers, all_accepted = _accept_run(rule, codes, proposals, draft_logits, main_logits, m, stats)
+            passed = len(new_layers) if all_accepted else len(new_layers) - 1  # proposals kept as drafted
             if all_accepted and main_logits.shape[1] > num_proposed:
                 new_layers.append(choose_codes(main_logits[:, num_proposed], temperature, generator))
             codes = torch.cat([codes, torch.stack(new_layers, dim=-1)], dim=-1)
             # 5. Keep only the blocks of final layers 1..m'-1 in the main cache; the draft keeps
-            # the blocks it was fed whose codes survived (all elements).
+            # the blocks it was fed up to the last layer every element accepted as drafted (a
+            # rejected layer always differs from the proposal for the element that rejected it).
             main.crop_cache(prefill.cache, prefill.cache_len, codes.shape[-1] - 1)
-            survived = m + _leading_equal_layers(proposals, codes[..., m:])
-            draft.crop_cache(draft_cache, min(draft_cache.num_blocks, survived))
+            draft.crop_cache(draft_cache, min(draft_cache.num_blocks, m + passed))
     return codes
 
 
@@ -135,16 +135,6 @@ def _draft_layers(
         layers.append(choose_codes(logits, temperature, generator))  # [B, T, d]
         logits_per_layer.append(logits)
     return torch.stack(layers, dim=-1), logits_per_layer
-
-
-def _leading_equal_layers(proposed: Tensor, final: Tensor) -> int:
-    """How many leading layers of `proposed` equal `final` for every element ([B, T, d, n] each)."""
-    count = 0
-    for i in range(min(proposed.shape[-1], final.shape[-1])):
-        if not torch.equal(proposed[..., i], final[..., i]):
-            break
-        count += 1
-    return count
 
 
 def _accept_run(
