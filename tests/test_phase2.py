@@ -22,7 +22,7 @@ from rsd_pl.lit.main_module import MainModule
 from rsd_pl.lit.vla_data import VLADataModule
 from rsd_pl.models.backbone import BackboneConfig
 from rsd_pl.models.draft import load_draft
-from rsd_pl.models.main_model import MainModelConfig, load_main
+from rsd_pl.models.main_model import MainModel, MainModelConfig, load_main
 from rsd_pl.models.rfsq import ActionRFSQAE
 from rsd_pl.registry import Registry
 
@@ -179,3 +179,49 @@ def test_main_and_draft_resume_with_ckpt_path_last(synthetic_demo_file, registry
     resumed = run(["--config", str(draft_config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
     assert resumed.trainer.global_step == 4
     assert registry.resolve("draft@latest").lineage["main"] == main_spec
+
+
+def test_teacher_cache_returns_stored_rows_only_when_all_are_filled():
+    from rsd_pl.lit.draft_module import TeacherCache
+
+    cache = TeacherCache(list(range(6)))
+    index = torch.tensor([4, 1])
+    assert cache.lookup(index) is None
+    query, logits = torch.randn(2, 8, 3), torch.randn(2, 7, 8, 16, 7)
+    cache.store(index, query, logits)
+    cached_query, cached_logits = cache.lookup(torch.tensor([1, 4]))
+    assert torch.equal(cached_query, query.flip(0)) and torch.equal(cached_logits, logits.flip(0))
+    assert cache.lookup(torch.tensor([1, 2])) is None  # sample 2 was never computed
+    assert cache.nbytes() == 6 * (8 * 3 + 7 * 8 * 16 * 7) * 4
+
+
+def test_draft_fit_with_teacher_cache_is_identical_and_skips_the_main_model(
+        synthetic_demo_file, registry, monkeypatch):
+    """Two epochs: with the cache, epoch 2 never runs the main model, and the draft's weights and
+    metrics equal those of a fit that recomputes the main model every step."""
+    torch.manual_seed(0)
+    data = datamodule(synthetic_demo_file, registry)
+    main_module = MainModule(network())
+    fit(main_module, data)
+    main_spec = export_to_registry(main_module, registry, {}, {}, {}).spec
+    calls = []
+    original = MainModel.forward
+    monkeypatch.setattr(MainModel, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+
+    def two_epochs(cache_teacher: bool) -> tuple[DraftModule, int]:
+        calls.clear()
+        L.seed_everything(0)
+        module = DraftModule(main=main_spec, registry_root=str(registry.root), hidden=16, heads=2, mlp=32,
+                             cache_teacher=cache_teacher)
+        trainer = L.Trainer(max_epochs=2, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, datamodule=datamodule(synthetic_demo_file, registry))
+        return module, len(calls)
+
+    cached, cached_calls = two_epochs(True)
+    plain, plain_calls = two_epochs(False)
+    batches = plain_calls // 2  # train + val batches of one epoch
+    assert batches > 0 and cached_calls == batches  # only the first epoch ran the main model
+    for name, value in plain.draft.state_dict().items():
+        torch.testing.assert_close(cached.draft.state_dict()[name], value, rtol=0, atol=0)
+    assert cached.val_metrics == plain.val_metrics

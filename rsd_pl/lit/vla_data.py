@@ -8,6 +8,7 @@ A batch is the observation dict of docs/contracts.md plus the targets:
     instruction list[str]
     actions     float32 [B, T, D]        normalised with the tokenizer's ActionNormalizer
     codes       int64   [B, T, d, L]     the frozen tokenizer's codes of `actions`
+    index       int64   [B]              position of each sample in its split's dataset
 
 The tokenizer comes from the registry by name (`rfsq@best`); the concrete version it resolved to
 (`tokenizer_spec`, e.g. `rfsq@3`) is what the trained models record as lineage.
@@ -67,6 +68,7 @@ class VLAChunkDataset(Dataset):
             "instruction": episode.instruction,
             "actions": self.actions[i],
             "codes": self.codes[i].long(),
+            "index": i,  # lets the draft module reuse the frozen main model's outputs for this sample
         }
         if self.use_object_pos:
             item["object_pos"] = torch.from_numpy(episode.object_pos[t])
@@ -86,6 +88,8 @@ class Collate:
         for key in ("proprio", "object_pos", "actions", "codes"):
             if key in items[0]:
                 batch[key] = torch.stack([item[key] for item in items])
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([item["index"] for item in items])
         return batch
 
 
