@@ -42,6 +42,19 @@ def test_residual_layers_refine_coarse_to_fine():
     torch.testing.assert_close(mixed[1::2], quantizer.dequantize(codes[1::2, :, :3]))
 
 
+def test_teacher_forced_codes_condition_on_the_true_layers():
+    quantizer = ResidualFSQ(num_layers=3, num_levels=7)
+    z = torch.rand(50, 16) * 2 - 1
+    codes = quantizer.quantize(z)
+    assert torch.equal(quantizer.teacher_forced_codes(z, codes), codes)  # an exact estimate gets every layer
+    # z = 0.4 has digits 1, 1, 1 (codes 4, 4, 4). An estimate of 0.42 gets layer 1 right, then overshoots:
+    # layer 2 sees 0.42 - 1/3 -> digit round(0.0867 * 18) = 2; layer 3 is conditioned on the TRUE layer 2
+    # (0.42 - 1/3 - 1/18 = 0.031, clamped to digit 3); conditioned on its own layer 2 it would be digit -3.
+    true = quantizer.quantize(torch.tensor([0.4]))
+    assert true.tolist() == [[4, 4, 4]]
+    assert quantizer.teacher_forced_codes(torch.tensor([0.42]), true).tolist() == [[4, 5, 6]]
+
+
 def test_decode_every_prefix_and_bad_codes():
     model = ActionRFSQAE()
     codes = model.tokenize(torch.zeros(2, 8, 7))

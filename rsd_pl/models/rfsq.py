@@ -64,6 +64,24 @@ class ResidualFSQ(nn.Module):
             codes.append(digit.long() + self.half)
         return torch.stack(codes, dim=-1)  # [..., d, L]
 
+    @torch.no_grad()
+    def teacher_forced_codes(self, z_pred: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """What an estimate `z_pred` [..., d] of the latent predicts for every layer when the layers
+        before it are the true `codes` [..., d, L] (as in the main model's teacher-forced training):
+        layer l's code is the digit of `z_pred - dequantize(codes[..., :l])`. Returns codes [..., d, L].
+
+        `(teacher_forced_codes(z + noise, codes) == codes)` is the token accuracy per layer of a
+        predictor whose latent error is `noise`: how precise a model must be before layer l is learnable.
+        """
+        previous = torch.zeros_like(z_pred, dtype=torch.float64)
+        predicted = []
+        for layer in range(self.num_layers):
+            scale = self.scales[layer]
+            digit = torch.round(((z_pred.double() - previous) / scale).clamp(-1.0, 1.0) * self.half)
+            predicted.append(digit.long() + self.half)
+            previous = previous + (codes[..., layer].double() - self.half) / self.half * scale
+        return torch.stack(predicted, dim=-1)
+
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [..., d, m] (any prefix m <= L) -> z_m [..., d] float32: the sum of the m layers."""
         num_used = codes.shape[-1]
