@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,17 +125,19 @@ def pending_init_states(init_states: str | None, done: set[int], count: int, whe
 
 
 def _run_jobs(jobs: list[Job], needed: int, submit: Callable[[Job], Future]) -> Iterator[ExpertEpisode]:
-    """Keep `workers` jobs in flight; yield episodes until `needed` successes or no jobs are left."""
-    queue, running, successes = list(jobs), set(), 0
+    """Keep `workers` jobs in flight; yield episodes until `needed` successes or no jobs are left.
+
+    Episodes are yielded in submission (init-state) order, not completion order, so demo_i names the
+    same init state in every run and the train/val split by demo is reproducible with any `workers`.
+    """
+    queue, running, successes = list(jobs), deque(), 0
     width = getattr(submit, "width", 1)
     while (queue or running) and successes < needed:
         while queue and len(running) < width and successes + len(running) < needed:
-            running.add(submit(queue.pop(0)))
-        finished, running = wait(running, return_when=FIRST_COMPLETED)
-        for future in finished:
-            episode = future.result()
-            successes += episode.success
-            yield episode
+            running.append(submit(queue.pop(0)))
+        episode = running.popleft().result()
+        successes += episode.success
+        yield episode
     for future in running:
         future.cancel()
 

@@ -52,6 +52,28 @@ def test_run_jobs_stops_at_the_needed_successes(width):
     assert calls == [0, 1, 2]   # never more in flight than the successes still missing
 
 
+def test_run_jobs_yields_in_init_state_order_when_later_jobs_finish_first():
+    """demo_i must name the same init state in every run (the train/val split is by demo index)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    finish_order: list[int] = []
+
+    def episode(index: int) -> ExpertEpisode:
+        time.sleep(0.3 if index % 2 == 0 else 0.0)  # even init states finish after their odd neighbours
+        finish_order.append(index)
+        return ExpertEpisode(index, True, 1, np.zeros((1, 7)))
+
+    with ThreadPoolExecutor(2) as pool:
+        def submit(job: Job) -> Future:
+            return pool.submit(episode, job.init_state_index)
+        submit.width = 2
+        jobs = [Job("libero_spatial", 0, i, 64, ("agentview",), None, 0) for i in range(4)]
+        episodes = list(_run_jobs(jobs, 4, submit))
+    assert finish_order[:2] == [1, 0]  # the pool really finished out of order
+    assert [e.init_state_index for e in episodes] == [0, 1, 2, 3]
+
+
 def _args(out: Path, *extra: str) -> list[str]:
     return ["--suite", "libero_spatial", "--tasks", "0", "--episodes", "1", "--out", str(out),
             "--image_size", "64", *extra]
