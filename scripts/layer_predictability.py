@@ -76,16 +76,16 @@ def main() -> None:
     print(f"tokenizer {artifact.spec}, {len(val_ids)} validation episodes of {args.data}, {len(chunks)} chunks; "
           f"chance = {1 / num_levels:.3f}")
     print("teacher-forced token accuracy of a predictor whose normalised actions carry Gaussian noise sigma")
-    header = f"{'sigma':>16} " + " ".join(f"{'L' + str(layer + 1):>6}" for layer in range(num_layers))
+    header = f"{'sigma':>18} " + " ".join(f"{'L' + str(layer + 1):>6}" for layer in range(num_layers))
     print(header)
     for sigma, accuracy in rows.items():
         label = f"{sigma:.4g}" if sigma in args.sigmas else f"{sigma:.4g} (main L1)"
-        print(f"{label:>16} " + " ".join(f"{a:>6.3f}" for a in accuracy))
-    print(f"{'majority':>16} " + " ".join(f"{m:>6.3f}" for m in majority))
+        print(f"{label:>18} " + " ".join(f"{a:>6.3f}" for a in accuracy))
+    print(f"{'majority':>18} " + " ".join(f"{m:>6.3f}" for m in majority))
     if main_metrics:
         key = "val/token_acc_layer_{}"
         if all(key.format(layer + 1) in main_metrics for layer in range(num_layers)):
-            print(f"{args.main + ' ar_acc':>16} "
+            print(f"{args.main + ' ar_acc':>18} "
                   + " ".join(f"{main_metrics[key.format(layer + 1)]:>6.3f}" for layer in range(num_layers)))
         print(f"main model {main_artifact.spec}: decoded-action L1 {main_metrics.get('val/l1_ar', float('nan')):.4f}")
         trained_on = main_artifact.lineage.get("data_fingerprint")

@@ -253,4 +253,6 @@ def summary_table(metrics: dict[str, float], num_layers: int, num_levels: int, t
     l1 = ", ".join(f"{k}={metrics[f'val/{k}']:.4f}" for k in ("l1_ar", "l1_parallel", "l1_regression",
                                                                 "l1_tokenizer"))
     lines.append(f"decoded-action L1 (normalised units): {l1}")
+    lines.append("fine layers encode residuals below the model's precision and stay near the majority baseline; "
+                 "scripts/layer_predictability.py shows the accuracy any model of a given precision can reach")
     return "\n".join(lines)
