@@ -76,9 +76,9 @@ class DraftModule(L.LightningModule):
         lr: Peak AdamW learning rate (warmup + cosine).
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warmup steps.
-        cache_teacher: Keep the frozen main model's outputs per sample in memory after their first
-            forward (per sample: T x H_main + (L-1) x T x d x K values, about 30 KB for the tiny presets
-            in fp32, about 77 KB at 7B in bf16). Turn off when that does not fit.
+        cache_teacher: Keep the frozen main model's outputs per sample on the training device after
+            their first forward (per sample: T x H_main + (L-1) x T x d x K values, about 30 KB for the
+            tiny presets in fp32, about 77 KB at 7B in bf16). Turn off when that does not fit.
     """
 
     artifact_name = "draft"
