@@ -77,9 +77,9 @@ def test_best_mode_max_and_ties_keep_earliest(tmp_path: Path) -> None:
 def test_best_is_chosen_within_the_latest_versions_group(tmp_path: Path) -> None:
     """A draft distilled from a new main model is never beaten by a better-scoring draft of the old one."""
     reg = Registry(tmp_path)
-    for acc, main in [(0.9, "main@1"), (0.5, "main@2"), (0.6, "main@2")]:
-        reg.export("draft", _tensors(0), {}, {"val/acc": acc}, {"main": main}, best_metric="val/acc",
-                   best_mode="max", best_group=f"main={main}")
+    for acc, main_spec in [(0.9, "main@1"), (0.5, "main@2"), (0.6, "main@2")]:
+        reg.export("draft", _tensors(0), {}, {"val/acc": acc}, {"main": main_spec}, best_metric="val/acc",
+                   best_mode="max", best_group=f"main={main_spec}")
     assert reg.resolve("draft@best").version == 3
     reg.export("draft", _tensors(0), {}, {"val/acc": 0.1}, {}, best_metric="val/acc", best_mode="max",
                best_group="main=main@1")
