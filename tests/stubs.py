@@ -86,7 +86,7 @@ def tiny_normalizer() -> ActionNormalizer:
 
 
 class ScriptedDraft(nn.Module):
-    """DraftModel interface (`next_layer_logits`) with a per-target-layer behaviour:
+    """The DraftModel cache interface (`start` / `extend` / `crop_cache`) with a per-target-layer behaviour:
     "right" = the main model's own logits, "wrong" = a peak on (main argmax + 1) mod K,
     "random" = a fixed random function of the lower layers' codes."""
 

@@ -21,7 +21,7 @@ def test_forward_and_next_layer_agree(draft):
         full = draft(query_hidden, codes)
         assert full.shape == (2, 7, 8, 16, 7)
         for known in range(1, 8):
-            step = draft.next_layer_logits(query_hidden, codes[..., :known])
+            step = draft.extend(codes[..., :known], 1, draft.start(query_hidden))[:, -1]  # a fresh cache
             torch.testing.assert_close(step, full[:, known - 1], atol=1e-5, rtol=1e-5)
 
 
@@ -60,7 +60,7 @@ def test_bad_inputs_raise(draft):
     with pytest.raises(RsdError, match="query_hidden"):
         draft(torch.randn(2, 8, 64), torch.randint(0, 7, (2, 8, 16, 8)))
     with pytest.raises(RsdError, match="known layers"):
-        draft.next_layer_logits(torch.randn(2, 8, 32), torch.randint(0, 7, (2, 8, 16, 8)))
+        draft.extend(torch.randint(0, 7, (2, 8, 16, 8)), 1, draft.start(torch.randn(2, 8, 32)))
 
 
 def test_a_draft_from_before_the_kv_cache_is_refused_with_a_hint(tmp_path):

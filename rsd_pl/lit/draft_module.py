@@ -35,7 +35,7 @@ class TeacherCache:
     """
 
     def __init__(self, dataset) -> None:
-        self.dataset, self.size = dataset, len(dataset)  # the cache is valid for this dataset object only
+        self.dataset = dataset  # the cache is valid for this dataset object only
         self.query: torch.Tensor | None = None  # [N, T, H_main]
         self.logits: torch.Tensor | None = None  # [N, L-1, T, d, K]
         self.filled: torch.Tensor | None = None  # bool [N]
@@ -47,9 +47,10 @@ class TeacherCache:
 
     def store(self, index: torch.Tensor, query: torch.Tensor, logits: torch.Tensor) -> None:
         if self.filled is None:
-            self.query = query.new_empty((self.size, *query.shape[1:]))
-            self.logits = logits.new_empty((self.size, *logits.shape[1:]))
-            self.filled = torch.zeros(self.size, dtype=torch.bool, device=index.device)
+            size = len(self.dataset)
+            self.query = query.new_empty((size, *query.shape[1:]))
+            self.logits = logits.new_empty((size, *logits.shape[1:]))
+            self.filled = torch.zeros(size, dtype=torch.bool, device=index.device)
         self.query[index], self.logits[index] = query, logits
         self.filled[index] = True
 
@@ -142,16 +143,14 @@ class DraftModule(L.LightningModule):
 
     def _teacher(self, batch: dict, codes: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen main model's Q-block hidden states [B, T, H] and logits of layers 2..L."""
-        cache = self._teacher_caches.get(split)
         index = batch.get("index")
-        if cache is not None and index is not None:
-            cached = cache.lookup(index)
-            if cached is not None:
-                return cached
+        cache = self._teacher_caches.get(split) if index is not None else None
+        if cache is not None and (cached := cache.lookup(index)) is not None:
+            return cached
         with torch.no_grad():
             main_out = self.main(batch, codes)
         query, logits = main_out.query_hidden, main_out.layer_logits[:, 1:]  # (B, L-1, T, d, K) layers 2..L
-        if cache is not None and index is not None:
+        if cache is not None:
             cache.store(index, query, logits)
         return query, logits
 
@@ -179,7 +178,7 @@ class DraftModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.current_epoch == 0 and self._teacher_caches:
-            sizes = ", ".join(f"{split} {int(c.filled.sum()) if c.filled is not None else 0}/{c.size}"
+            sizes = ", ".join(f"{split} {int(c.filled.sum()) if c.filled is not None else 0}/{len(c.dataset)}"
                               for split, c in self._teacher_caches.items())
             megabytes = sum(c.nbytes() for c in self._teacher_caches.values()) / 2**20
             rank_zero_info(f"draft: the main model's outputs are cached for {sizes} samples ({megabytes:.0f} MB); "

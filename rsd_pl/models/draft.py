@@ -162,13 +162,6 @@ class DraftModel(nn.Module):
         """Teacher forcing: codes [B, T, d, L] -> logits of layers 2..L [B, L-1, T, d, K]."""
         return self.extend(codes[..., : self.num_layers - 1], 1, self.start(query_hidden))
 
-    def next_layer_logits(self, query_hidden: Tensor, codes: Tensor) -> Tensor:
-        """Stateless convenience: codes of layers 1..m [B, T, d, m] -> logits of layer m+1 [B, T, d, K]."""
-        num_known = codes.shape[-1]
-        if not 1 <= num_known < self.num_layers:
-            raise RsdError(f"draft: needs 1..{self.num_layers - 1} known layers, got {num_known}")
-        return self.extend(codes, 1, self.start(query_hidden))[:, -1]
-
 
 def load_draft(spec: str, registry, main_spec: str | None = None) -> tuple[DraftModel, object]:
     """Rebuild a DraftModel from a registry artifact: (model in eval mode, Artifact).
