@@ -15,6 +15,9 @@ back with any tool that reads the official datasets:
     data/demo_i/obs/object_pos (N, 6)  rsd_pl extra: privileged positions of the goal's object and target
 
 A demo group without `num_samples` is a partial write (a crash mid-demo) and is never read as data.
+
+`read_episodes(..., drop_noops=True)` removes OpenVLA-OFT's no-op steps (see `noop_mask`) from every
+per-step array, as OFT's `regenerate_libero_dataset.py` does when it builds its `*_no_noops` datasets.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from rsd_pl.errors import RsdError
 ACTION_DIM = 7
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 REQUIRED_DATA_ATTRS = ("env_name", "problem_info", "bddl_file_name", "env_args")
+NOOP_THRESHOLD = 1e-4  # OpenVLA-OFT's is_noop threshold on |xyz, rot|
 
 
 @dataclass
@@ -106,6 +110,31 @@ def _check_actions(actions: np.ndarray, where: str) -> None:
         raise RsdError(f"{where}/actions has a non-finite value ({actions[step, dim]}) at step {step}, dim {dim}")
 
 
+def noop_mask(actions: np.ndarray, threshold: float = NOOP_THRESHOLD) -> np.ndarray:
+    """Steps to keep (bool [N], True = keep) under OpenVLA-OFT's no-op rule.
+
+    OFT (`experiments/robot/libero/regenerate_libero_dataset.py`, `is_noop`) drops action t when
+    (1) the norm of all its dims but the last (xyz + rotation) is below `threshold`, and
+    (2) its gripper command (last dim) equals that of the previous *kept* action.
+    While nothing has been kept yet (the episode start) only (1) applies.
+
+    Vectorised: after the first kept step, the previous kept action's gripper always equals the
+    previous action's gripper (a step is only dropped when its gripper equals the last kept one), so
+    (2) reduces to `gripper[t] == gripper[t - 1]`; and a step is kept by a gripper change only after
+    some step was kept, which needs an earlier step that moves.
+    """
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[1] < 2:
+        raise RsdError(f"noop_mask: actions have shape {actions.shape}; expected (N, D) with D >= 2")
+    moving = np.linalg.norm(actions[:, :-1], axis=1) >= threshold        # not criterion (1)
+    gripper = actions[:, -1]
+    changed = np.zeros(len(actions), dtype=bool)
+    changed[1:] = gripper[1:] != gripper[:-1]                           # not criterion (2)
+    kept_before = np.zeros(len(actions), dtype=bool)
+    kept_before[1:] = np.cumsum(moving)[:-1] > 0                         # a previous kept action exists
+    return moving | (kept_before & changed)
+
+
 def validate_file(path: str | Path) -> None:
     """Check that a file is a complete LIBERO-format demo file; raise RsdError naming what is wrong."""
     path = Path(path)
@@ -132,9 +161,17 @@ def _proprio(obs: h5py.Group, where: str) -> np.ndarray:
 
 
 def read_episodes(
-    data: str | Sequence[str], image_keys: Sequence[str] | None = None, require_images: bool = False
+    data: str | Sequence[str], image_keys: Sequence[str] | None = None, require_images: bool = False,
+    drop_noops: bool = False,
 ) -> list[Episode]:
-    """Read every complete demo of the given files. `image_keys=None` loads all camera images present."""
+    """Read every complete demo of the given files. `image_keys=None` loads all camera images present.
+
+    `drop_noops=True` keeps only the steps of `noop_mask(actions)` in every per-step array (actions,
+    proprio, images, object_pos): step t of each still belongs together, and the observation kept
+    with an action is the one recorded before it, as in OFT's regenerated datasets. The number of
+    dropped steps is recorded in `episode.attrs["noops_dropped"]` (`attrs["num_samples"]` stays the
+    file's count). A demo whose every step is a no-op raises RsdError.
+    """
     episodes = []
     for path in resolve_demo_files(data):
         with _open(path) as f:
@@ -146,14 +183,18 @@ def read_episodes(
             if not keys:
                 raise RsdError(f"{path}: no complete data/demo_*/actions found")
             for key in keys:
-                episodes.append(_read_demo(group[key], f"{path}:data/{key}", instruction, image_keys, require_images))
+                episode = _read_demo(group[key], f"{path}:data/{key}", instruction, image_keys, require_images,
+                                     drop_noops)
+                episodes.append(episode)
     return episodes
 
 
-def _read_demo(demo: h5py.Group, where: str, instruction: str, image_keys, require_images: bool) -> Episode:
+def _read_demo(demo: h5py.Group, where: str, instruction: str, image_keys, require_images: bool,
+               drop_noops: bool = False) -> Episode:
     if "actions" not in demo:
         raise RsdError(f"{where}/actions is missing")
-    actions = np.asarray(demo["actions"], dtype=np.float32)
+    stored = np.asarray(demo["actions"])  # the file's dtype (float64 in the official files): OFT's test runs on it
+    actions = stored.astype(np.float32)
     _check_actions(actions, where)
     if "obs" not in demo:
         raise RsdError(f"{where}/obs is missing")
@@ -169,7 +210,24 @@ def _read_demo(demo: h5py.Group, where: str, instruction: str, image_keys, requi
         if array is not None and len(array) != len(actions):
             raise RsdError(f"{where}: obs {name} has {len(array)} steps but actions have {len(actions)}")
     attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in demo.attrs.items()}
-    return Episode(where, instruction, actions, proprio, images, object_pos, attrs)
+    episode = Episode(where, instruction, actions, proprio, images, object_pos, attrs)
+    return _drop_noops(episode, noop_mask(stored)) if drop_noops else episode
+
+
+def _drop_noops(episode: Episode, keep: np.ndarray) -> Episode:
+    """The episode restricted to the steps `keep`, in every per-step array (same mask for all)."""
+    if not keep.any():
+        raise RsdError(f"{episode.source}: every one of its {len(keep)} steps is a no-op "
+                       f"(|xyz,rot| < {NOOP_THRESHOLD:g}); nothing is left with drop_noops")
+    return Episode(
+        source=episode.source,
+        instruction=episode.instruction,
+        actions=episode.actions[keep],
+        proprio=episode.proprio[keep],
+        images={k: v[keep] for k, v in episode.images.items()},
+        object_pos=None if episode.object_pos is None else episode.object_pos[keep],
+        attrs={**episode.attrs, "noops_dropped": int((~keep).sum())},
+    )
 
 
 class DemoWriter:

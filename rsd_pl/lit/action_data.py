@@ -10,16 +10,18 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from rsd_pl.data.chunks import ActionChunkDataset, split_episodes
-from rsd_pl.data.libero_hdf5 import read_episodes, resolve_demo_files
+from rsd_pl.data.libero_hdf5 import NOOP_THRESHOLD, read_episodes, resolve_demo_files
 from rsd_pl.data.normalize import ActionNormalizer
 
 ACTION_DIM = 7
 
 
-def data_fingerprint(files: list[Path], block_size: int = 1 << 20) -> str:
+def data_fingerprint(files: list[Path], block_size: int = 1 << 20, *, drop_noops: bool = False) -> str:
     """Short sha256 over the names and contents of the demo files (16 hex chars).
 
     Contents, not mtimes: a copied or re-downloaded file keeps its fingerprint; an edited one does not.
+    `drop_noops=True` (training on the files minus OFT's no-op steps) is other data, so it adds the rule
+    to the digest; with it off the fingerprint is the one of the files alone, as before.
     """
     digest = hashlib.sha256()
     for path in files:
@@ -27,6 +29,8 @@ def data_fingerprint(files: list[Path], block_size: int = 1 << 20) -> str:
         with open(path, "rb") as handle:
             while block := handle.read(block_size):
                 digest.update(block)
+    if drop_noops:
+        digest.update(f"\0drop_noops:oft:{NOOP_THRESHOLD!r}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -44,6 +48,8 @@ class ActionChunkDataModule(L.LightningDataModule):
         seed: Seed of the train/val episode split.
         batch_size: Chunks per batch.
         num_workers: DataLoader worker processes (0 = load in the main process).
+        drop_noops: Drop OpenVLA-OFT's no-op steps (|xyz,rot| < 1e-4 with the gripper unchanged) before
+            chunking, as OFT's no-noops datasets do.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class ActionChunkDataModule(L.LightningDataModule):
         seed: int = 0,
         batch_size: int = 256,
         num_workers: int = 0,
+        drop_noops: bool = False,
     ) -> None:
         super().__init__()
         self.data = data
@@ -62,6 +69,7 @@ class ActionChunkDataModule(L.LightningDataModule):
         self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.drop_noops = drop_noops
         self.normalizer: ActionNormalizer | None = None
         self.train_set: ActionChunkDataset | None = None
         self.val_set: ActionChunkDataset | None = None
@@ -75,15 +83,15 @@ class ActionChunkDataModule(L.LightningDataModule):
         return self._files
 
     def fingerprint(self) -> str:
-        """Short sha256 of the demo files' names and contents (the lineage of what was trained on)."""
+        """Short sha256 of the demo files' names and contents and of drop_noops (the lineage of the data)."""
         if self._fingerprint is None:
-            self._fingerprint = data_fingerprint(self.files())
+            self._fingerprint = data_fingerprint(self.files(), drop_noops=self.drop_noops)
         return self._fingerprint
 
     def setup(self, stage: str | None = None) -> None:
         if self.normalizer is not None:
             return
-        episodes = read_episodes([str(path) for path in self.files()], image_keys=[])
+        episodes = read_episodes([str(path) for path in self.files()], image_keys=[], drop_noops=self.drop_noops)
         train_ids, val_ids = split_episodes(len(episodes), self.val_fraction, self.seed)
         train_actions = [episodes[i].actions for i in train_ids]
         source = f"{self.data} (train episodes)"
