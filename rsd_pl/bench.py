@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rsd_pl.data.normalize import ActionNormalizer
-from rsd_pl.decoding import MODES, DecodingConfig, DecodingEngine, StatsAggregator
+from rsd_pl.decoding import RSD_MODES, DecodingConfig, DecodingEngine, StatsAggregator
 from rsd_pl.errors import RsdError
 from rsd_pl.models.backbone import TINY_PRESETS, BackboneConfig
 from rsd_pl.models.draft import DraftConfig, DraftModel
@@ -49,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rsd_pl bench", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="*", default=list(TINY_PRESETS),
                         help="tiny presets to build with random weights (default: all); none with --main")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(RSD_MODES), choices=RSD_MODES)
     parser.add_argument("--chunks", type=int, default=30, help="timed chunks per mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed chunks per mode first")
     parser.add_argument("--draft_len", type=int, nargs="+", default=[7],

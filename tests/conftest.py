@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,3 +27,14 @@ def synthetic_demo_dir(tmp_path_factory):
     for i, text in enumerate(INSTRUCTIONS):
         write_synthetic_demos(root / f"task{i}_demo.hdf5", num_demos=8, seed=10 + i, instruction=text)
     return root
+
+
+OFT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_oft"
+"""Reference outputs of the genuine OpenVLA-OFT (shared/ beside the repo, as in CI): required, never skipped."""
+
+
+@pytest.fixture(scope="session")
+def oft_fixture() -> Path:
+    if not (OFT_FIXTURE / "tiny_checkpoint" / "config.json").is_file():
+        pytest.fail(f"{OFT_FIXTURE} is missing: the OpenVLA tests need ../shared/fixtures/openvla_oft beside the repo")
+    return OFT_FIXTURE

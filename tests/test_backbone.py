@@ -1,21 +1,19 @@
-"""Backbones: tiny presets and text tokenizer; openvla directory checks, LoRA placement and the prefix/run
-path, exercised with a stand-in of OpenVLA's structure (vision_backbone, projector, language_model)."""
+"""Backbones: tiny presets and text tokenizer; the openvla backbone on the fixture's tiny OpenVLA-OFT checkpoint
+(real layout): directory checks, LoRA placement, block-causal prefill + extend, export."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import OFT_FIXTURE
 
 from rsd_pl.errors import RsdError
-from rsd_pl.models import backbone as backbone_mod
-from rsd_pl.models.backbone import BackboneConfig, build_backbone, build_text_tokenizer, check_openvla_dir
+from rsd_pl.models.backbone import BackboneConfig, build_backbone, build_text_tokenizer
 from rsd_pl.models.main_model import MainModel, MainModelConfig
+from rsd_pl.models.openvla.backbone import block_causal_mask, check_openvla_dir
 
 
 def test_text_tokenizer_is_deterministic_across_processes():
@@ -36,87 +34,75 @@ def test_bad_backbone_config_raises():
         build_backbone(BackboneConfig(kind="gpt"))
 
 
+FIXTURE_CKPT = OFT_FIXTURE / "tiny_checkpoint"
+needs_fixture = pytest.mark.usefixtures("oft_fixture")  # fails (never skips) when shared/ is not beside the repo
+
+
+def openvla_config(**kw) -> BackboneConfig:
+    fields = dict(kind="openvla", path=str(FIXTURE_CKPT), torch_dtype="float32", image_size=224, num_cameras=2,
+                  lora_rank=4, max_text_len=48)
+    return BackboneConfig(**{**fields, **kw})
+
+
 def test_openvla_missing_or_incomplete_dir(tmp_path):
     with pytest.raises(RsdError, match="not set"):
         check_openvla_dir(None)
     with pytest.raises(RsdError, match="no such directory"):
         build_backbone(BackboneConfig(kind="openvla", path=str(tmp_path / "nope")))
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(RsdError, match=r"missing preprocessor_config.json, model weights"):
+    with pytest.raises(RsdError, match=r"missing preprocessor_config.json, tokenizer.json, dataset_statistics.json"):
         build_backbone(BackboneConfig(kind="openvla", path=str(tmp_path)))
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "shard-1.safetensors"}}))
-    (tmp_path / "model-0.safetensors").write_bytes(b"")
-    with pytest.raises(RsdError, match="weight shard shard-1.safetensors"):
-        check_openvla_dir(str(tmp_path))
 
 
-class StandInPrismatic(nn.Module):
-    """Same attribute names and call signatures as OpenVLA's PrismaticForConditionalGeneration."""
-
-    def __init__(self, hidden: int = 32):
-        super().__init__()
-        self.config = LlamaConfig(hidden_size=hidden)
-        patch = nn.Conv2d(6, 16, kernel_size=8, stride=8)
-        self.vision_backbone = nn.Sequential(patch, nn.Flatten(2), Transpose())  # (B, N, 16)
-        self.vision_backbone.add_module("q_proj", nn.Identity())  # a vision module LoRA must not touch
-        self.projector = nn.Linear(16, hidden)
-        self.language_model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=600, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1))
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
+def test_block_causal_mask():
+    mask = block_causal_mask(prefix_len=3, block_len=2, past=0, new=7, batch=1, device=torch.device("cpu"))[0, 0]
+    expected = torch.tensor([[1, 1, 1, 0, 0, 0, 0],   # prefix: bidirectional, never sees the blocks
+                             [1, 1, 1, 0, 0, 0, 0],
+                             [1, 1, 1, 0, 0, 0, 0],
+                             [1, 1, 1, 1, 1, 0, 0],   # block 0 (Q): prefix + itself
+                             [1, 1, 1, 1, 1, 0, 0],
+                             [1, 1, 1, 1, 1, 1, 1],   # block 1: prefix + blocks 0..1
+                             [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    extend = block_causal_mask(prefix_len=3, block_len=2, past=5, new=2, batch=2, device=torch.device("cpu"))
+    assert extend.shape == (2, 1, 2, 7) and torch.equal(extend[1, 0], expected[5:])
 
 
-class Transpose(nn.Module):
-    def forward(self, x):
-        return x.transpose(1, 2)
-
-
-@pytest.fixture()
-def openvla_dir(tmp_path, monkeypatch):
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "tokenizer.json").write_text(build_text_tokenizer(512).to_str())
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "input_sizes": [[3, 32, 32], [3, 32, 32]],
-        "means": [[0.485, 0.456, 0.406], [0.5, 0.5, 0.5]], "stds": [[0.229, 0.224, 0.225], [0.5, 0.5, 0.5]]}))
-    monkeypatch.setattr(backbone_mod, "load_openvla_model", lambda root, dtype: StandInPrismatic().to(dtype))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=build_text_tokenizer(512), pad_token="<pad>")
-    monkeypatch.setattr(backbone_mod, "load_openvla_tokenizer", lambda root: tokenizer)
-    return tmp_path
-
-
-def test_openvla_lora_only_on_language_model(openvla_dir):
-    torch.manual_seed(0)
-    backbone = build_backbone(BackboneConfig(kind="openvla", path=str(openvla_dir), torch_dtype="float32",
-                                             lora_rank=4, max_text_len=20))
+@needs_fixture
+def test_openvla_lora_only_on_language_model():
+    backbone = build_backbone(openvla_config())
     trainable = [name for name, p in backbone.named_parameters() if p.requires_grad]
     lora = [name for name in trainable if "lora_" in name]
-    assert lora and all("language_model" in name for name in lora)
-    assert not [name for name in trainable if "vision_backbone" in name or "projector" in name.split(".")[-2:]]
+    assert lora and all(".language_model." in name for name in lora)
     assert {n.split(".")[0] for n in trainable if "lora_" not in n} == {"proprio_proj"}
-
-
-def test_openvla_lora_regex_outside_language_model_raises(openvla_dir):
     with pytest.raises(RsdError, match="outside the language model"):
-        build_backbone(BackboneConfig(kind="openvla", path=str(openvla_dir), torch_dtype="float32",
-                                      lora_target_regex=r".*q_proj"))
+        build_backbone(openvla_config(lora_target_regex=r".*(q_proj|qkv)"))
 
 
-def test_openvla_main_model_prefill_extend(openvla_dir):
+@needs_fixture
+def test_openvla_main_model_prefill_extend_equals_teacher_forcing():
     torch.manual_seed(0)
-    cfg = MainModelConfig(backbone=BackboneConfig(kind="openvla", path=str(openvla_dir), torch_dtype="float32",
-                                                  lora_rank=4, max_text_len=20))
-    model = MainModel(cfg).eval()
-    batch = {"images": torch.rand(2, 1, 3, 64, 64), "proprio": torch.randn(2, 8),
-             "instruction": ["put the bowl on the plate", "open the drawer"]}
+    model = MainModel(MainModelConfig(backbone=openvla_config())).eval()
+    batch = {"images": torch.rand(2, 2, 3, 224, 224), "proprio": torch.randn(2, 8),
+             "instruction": ["put the bowl on the plate", "open the top drawer of the cabinet"]}
     codes = torch.randint(0, 7, (2, 8, 16, 8))
     with torch.no_grad():
         reference = model(batch, codes)
     pre = model.prefill(batch)
-    assert pre.cache_len == 16 + 20 + 1 + 8  # patches + prompt + proprio + Q
-    step = model.extend(codes[..., :7], 1, pre.cache)
-    torch.testing.assert_close(step, reference.layer_logits[:, 1:], atol=1e-5, rtol=1e-5)
+    assert pre.cache_len == model.backbone.prefix_len + 8 == 1 + 512 + 1 + 47 + 8
+    torch.testing.assert_close(pre.layer1_logits, reference.layer_logits[:, 0], atol=1e-5, rtol=1e-5)
+    step = model.extend(codes[..., :3], 1, pre.cache)  # three blocks in one forward (a verify pass)
+    torch.testing.assert_close(step, reference.layer_logits[:, 1:4], atol=1e-5, rtol=1e-5)
+    model.crop_cache(pre.cache, pre.cache_len, 1)  # keep block 1 only, then re-extend from layer 2
+    step = model.extend(codes[..., 1:7], 2, pre.cache)
+    torch.testing.assert_close(step, reference.layer_logits[:, 2:], atol=1e-5, rtol=1e-5)
     exported = model.export_tensors()
     assert not [k for k in exported if k.startswith("backbone.vla.") and "lora_" not in k]
+    assert any("lora_" in k for k in exported) and "backbone.proprio_proj.fc1.weight" in exported
+
+
+@needs_fixture
+def test_openvla_prompt_longer_than_max_text_len_is_refused():
+    backbone = build_backbone(openvla_config(max_text_len=12))
+    with pytest.raises(RsdError, match="more than backbone.max_text_len=12"):
+        backbone.text_ids(["pick up the black bowl between the plate and the ramekin and place it on the plate"])

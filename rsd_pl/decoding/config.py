@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 from rsd_pl.errors import RsdError
 
-MODES = ("l1", "parallel", "ar", "speculative")
+MODES = ("oft", "l1", "parallel", "ar", "speculative")
+RSD_MODES = MODES[1:]  # the modes that run the RSD main model (oft runs OpenVLA-OFT's own checkpoint)
 ACCEPTANCE_RULES = ("exact", "sampling", "relaxed")
 
 
@@ -15,7 +16,8 @@ class DecodingConfig:
     """How the engine turns one observation batch into one action chunk (DESIGN.md section 5)."""
 
     mode: str = "speculative"
-    """l1 (regression head), parallel (all layers from Q), ar (layer by layer) or speculative."""
+    """oft (OpenVLA-OFT's own L1 head and checkpoint: the published baseline), l1 (regression head trained
+    here), parallel (all layers from Q), ar (layer by layer) or speculative."""
     acceptance: str = "exact"
     """Speculative only: exact (== greedy ar), sampling (== ar sampling), relaxed (|action diff| <= tau)."""
     draft_len: int | list[int] = 7

@@ -41,6 +41,8 @@ class DecodingEngine:
         draft: DraftLike | None = None,
     ) -> None:
         config.validate()
+        if config.mode == "oft":
+            raise RsdError("decoding.mode='oft' runs OpenVLA-OFT's own checkpoint: use rsd_pl.decoding.OFTEngine")
         if config.mode == "speculative" and draft is None:
             raise RsdError("decoding.mode='speculative' needs a draft model, and none was given")
         _check_shapes(main, tokenizer, "tokenizer")
@@ -66,7 +68,7 @@ class DecodingEngine:
     @torch.inference_mode()
     def decode_chunk(self, batch: dict) -> ChunkResult:
         """batch: the model batch of docs/contracts.md -> ChunkResult with actions [B, T, D]."""
-        batch = _to_device(batch, self.device)
+        batch = to_device(batch, self.device)
         stats = ChunkStats(mode=self.config.mode, num_layers=self.main.num_layers, batch_size=batch_size_of(batch))
         timer = SectionTimer(stats, self.device)
         start = timer.now()
@@ -148,7 +150,7 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator |
     return generator
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 

@@ -248,13 +248,14 @@ class LiberoEnv:
         """(9,) as upstream's create_dataset.py: gripper qpos (2), eef pos (3), eef quat (4)."""
         return np.concatenate([obs["robot0_gripper_qpos"], obs["robot0_eef_pos"], obs["robot0_eef_quat"]])
 
-    def batch(self, obs: dict, image_size: int) -> dict:
-        """The model batch of docs/contracts.md with B = 1 (images upright, 8-D proprio)."""
+    def batch(self, obs: dict, image_size: int, image_pipeline: str = "resize") -> dict:
+        """The model batch of docs/contracts.md with B = 1 (images upright, 8-D proprio); the images go
+        through `preprocess_images(frames, image_size, image_pipeline)`, as in training."""
         proprio = proprio_from_raw(obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"])
         batch = {"proprio": torch.from_numpy(proprio)[None],                      # (1, 8)
                  "object_pos": torch.from_numpy(self.object_pos())[None],         # (1, 6)
                  "instruction": [self.instruction]}
         if self.cameras:
             frames = np.stack([self.frame(obs, c) for c in self.cameras])  # (V, S0, S0, 3)
-            batch["images"] = preprocess_images(frames, image_size)[None]             # (1, V, 3, S, S)
+            batch["images"] = preprocess_images(frames, image_size, image_pipeline)[None]  # (1, V, 3, S, S)
         return batch

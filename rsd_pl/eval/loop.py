@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rsd_pl.decoding.config import MODES, DecodingConfig
+from rsd_pl.decoding.config import MODES, RSD_MODES, DecodingConfig
 from rsd_pl.envs import SHADOWS
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.report import (
@@ -37,6 +37,7 @@ from rsd_pl.eval.report import (
 from rsd_pl.eval.runner import EpisodeResult, run_episode
 
 DRAFT_MODES = ("speculative",)
+OFT_CAMERA_SIZE = 256  # OpenVLA-OFT renders LIBERO at 256 px, then JPEG + resizes to 224
 INIT_STATES_PER_TASK = 50  # every LIBERO benchmark task ships 50 init states
 
 
@@ -44,8 +45,9 @@ INIT_STATES_PER_TASK = 50  # every LIBERO benchmark task ships 50 init states
 class EvalConfig:
     """LIBERO evaluation of one main model (and its draft) in several decoding modes."""
 
-    main: str = "main@best"
-    """Registry spec of the main model (name, name@best, name@latest or name@<version>)."""
+    main: str | None = "main@best"
+    """Registry spec of the main model (name, name@best, name@latest or name@<version>); null when the
+    only mode is `oft`."""
     draft: str | None = "draft@best"
     """Registry spec of the draft model; null when no mode needs one."""
     tokenizer: str | None = None
@@ -58,8 +60,16 @@ class EvalConfig:
     """Task ids per suite, e.g. '0-9' or '0,3,5'; null = all tasks of each suite."""
     num_trials: int = 50
     """Trials per task: benchmark init states 0 .. num_trials-1."""
-    modes: list[str] = field(default_factory=lambda: list(MODES))
-    """Decoding modes, each evaluated on the same episodes: l1, parallel, ar, speculative."""
+    modes: list[str] = field(default_factory=lambda: list(RSD_MODES))
+    """Decoding modes, each evaluated on the same episodes: oft, l1, parallel, ar, speculative."""
+    oft_checkpoint: str | None = None
+    """`oft` mode: a local OpenVLA-OFT checkpoint directory (e.g. openvla-7b-oft-finetuned-libero-spatial);
+    null = the main model's backbone.path (an openvla main model). OFT's own weights, head and proprio
+    projector, never the LoRA-tuned ones."""
+    oft_unnorm_key: str | None = None
+    """`oft` mode: the dataset_statistics.json entry (e.g. libero_spatial_no_noops); null = the only one."""
+    oft_dtype: str = "bfloat16"
+    """`oft` mode: dtype of OFT's weights (bfloat16 as OFT deploys; float32 for the reference precision)."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     """Engine settings shared by all modes (decoding.mode is replaced by each entry of `modes`)."""
     camera_size: int = 128
@@ -101,6 +111,8 @@ class ObsSpec:
     """Side S of the model's images."""
     object_pos: bool
     """Whether the model takes the privileged object_pos [B, 6]."""
+    image_pipeline: str = "resize"
+    """How frames become the model's images (`resize` for tiny, `oft` for openvla)."""
 
 
 def validate_config(cfg: EvalConfig) -> None:
@@ -112,6 +124,9 @@ def validate_config(cfg: EvalConfig) -> None:
         raise RsdError(f"modes={cfg.modes}: must be a non-empty list of {MODES}")
     if len(set(cfg.modes)) != len(cfg.modes):
         raise RsdError(f"modes={cfg.modes}: a mode is listed twice")
+    if not cfg.main and any(m in RSD_MODES for m in cfg.modes):
+        raise RsdError(f"modes={cfg.modes} include RSD modes, which need a main model: set main (e.g. main@best) "
+                       "or evaluate only modes=[oft]")
     if any(m in DRAFT_MODES for m in cfg.modes) and not cfg.draft:
         raise RsdError(f"modes={cfg.modes} include speculative, which needs a draft model: set draft "
                        "(e.g. draft@best) or remove speculative from modes")
@@ -215,6 +230,7 @@ class EvalModule(L.LightningModule):
             self._policies[mode] = self.make_policy(mode)
         result = run_episode(env, self._policies[mode], item["max_steps"], trial=item["trial"],
                              seed=item["seed"], mode=mode, image_size=self.obs.image_size,
+                             image_pipeline=self.obs.image_pipeline,
                              record_frames=item["record"])
         engine = getattr(self._policies[mode], "engine", None)
         if engine is not None:
@@ -316,11 +332,55 @@ def _lineage_parent(artifact: Any, key: str, registry: Any) -> str:
 
 
 def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
-    """Tokenizer, normaliser, main and draft from the registry, with their lineage checked.
+    """The models the modes need: the RSD ones from the registry (lineage checked), OFT's from its directory.
 
-    Returns ({"tokenizer", "normalizer", "main", "draft"}, ObsSpec). RsdError for an unknown name,
-    a tokenizer other than the one main was trained on, a draft distilled from another main.
+    Returns ({"tokenizer", "normalizer", "main", "draft", "oft"}, ObsSpec); absent models are None.
+    RsdError for an unknown name, a tokenizer other than the one main was trained on, a draft
+    distilled from another main, an `oft` checkpoint missing or observing differently from main.
     """
+    models: dict[str, Any] = {"tokenizer": None, "normalizer": None, "main": None, "draft": None, "oft": None}
+    obs, main_config = None, None
+    if cfg.main:
+        models = load_rsd_models(cfg)
+        main_config = models.pop("main_config")
+        obs = obs_spec_from_config(main_config, cfg.main)
+        models["oft"] = None
+    if "oft" in cfg.modes:
+        models["oft"], oft_obs = load_oft_model(cfg, main_config)
+        if obs is not None and obs != oft_obs:
+            raise RsdError(f"modes include oft, which observes {oft_obs}, but main={cfg.main} was trained on "
+                           f"{obs}: evaluate them in separate runs")
+        obs = oft_obs
+    return models, obs
+
+
+def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None) -> tuple[Any, ObsSpec]:
+    """OpenVLA-OFT's own network, head, proprio projector and statistics (the `oft` mode), and what it observes:
+    agentview + wrist at 224 px through OFT's image pipeline (rendered at `camera_size`, 256 as OFT)."""
+    from rsd_pl.models.openvla.oft import load_oft_policy
+
+    root = cfg.oft_checkpoint
+    backbone = (main_config or {}).get("model", {}).get("backbone", {})
+    if root is None and backbone.get("kind") == "openvla":
+        root = backbone.get("path")
+    if root is None:
+        raise RsdError("modes include oft but no OpenVLA-OFT checkpoint is known: set oft_checkpoint to a local "
+                       "OpenVLA-OFT directory (or evaluate an openvla main model, whose backbone.path is used)")
+    dtype = getattr(torch, cfg.oft_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise RsdError(f"oft_dtype={cfg.oft_dtype!r} is not a torch dtype")
+    if cfg.camera_size != OFT_CAMERA_SIZE:
+        print(f"WARNING: camera_size={cfg.camera_size}, but OpenVLA-OFT was trained and evaluated on "
+              f"{OFT_CAMERA_SIZE} px LIBERO renders: the oft baseline will not be OFT's protocol")
+    model = load_oft_policy(root, dtype, cfg.oft_unnorm_key)
+    print(f"eval: oft from {root} ({model.stats.key}, {cfg.oft_dtype})")
+    obs = ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=model.vla.spec.towers[0].image_size,
+                  object_pos=False, image_pipeline="oft")
+    return model, obs
+
+
+def load_rsd_models(cfg: EvalConfig) -> dict[str, Any]:
+    """Tokenizer, normaliser, main and draft from the registry, with their lineage checked, and main's config."""
     from rsd_pl.models.main_model import load_main
     from rsd_pl.models.rfsq import load_tokenizer
     from rsd_pl.registry import Registry
@@ -348,8 +408,8 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
         draft, _ = load_draft(draft_art.spec, registry, main_spec=main_art.spec)
     draft_spec = draft_art.spec if draft_art else None
     print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_spec}")
-    models = {"tokenizer": tokenizer, "normalizer": normalizer, "main": main, "draft": draft}
-    return models, obs_spec_from_config(main_art.config, main_art.spec)
+    return {"tokenizer": tokenizer, "normalizer": normalizer, "main": main, "draft": draft,
+            "main_config": main_art.config}
 
 
 def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
@@ -373,7 +433,8 @@ def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
                        f"model.backbone.num_cameras={num_cameras} "
                        f"(LIBERO cameras: {', '.join(CAMERAS)})")
     return ObsSpec(cameras=cameras, image_size=int(backbone["image_size"]),
-                   object_pos=bool(backbone.get("use_object_pos", False)))
+                   object_pos=bool(backbone.get("use_object_pos", False)),
+                   image_pipeline="oft" if backbone.get("kind") == "openvla" else "resize")
 
 
 def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
@@ -382,6 +443,10 @@ def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
     from rsd_pl.eval.policy import RSDPolicy
 
     def make_policy(mode: str) -> RSDPolicy:
+        if mode == "oft":
+            from rsd_pl.decoding import OFTEngine
+
+            return RSDPolicy(OFTEngine(models["oft"], decoding_for(cfg, mode)))
         draft = models["draft"] if mode in DRAFT_MODES else None
         engine = DecodingEngine(models["main"], models["tokenizer"], models["normalizer"],
                                 decoding_for(cfg, mode), draft=draft)

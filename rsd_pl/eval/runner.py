@@ -42,7 +42,7 @@ class EpisodeEnv(Protocol):
     def reset(self, init_state_index: int, wait: bool = True) -> dict: ...
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]: ...
     def success(self) -> bool: ...
-    def batch(self, obs: dict, image_size: int) -> dict: ...
+    def batch(self, obs: dict, image_size: int, image_pipeline: str = "resize") -> dict: ...
     def record(self, obs: dict) -> dict[str, np.ndarray]: ...
 
 
@@ -128,7 +128,7 @@ def _frame(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
 
 
 def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
-             image_size: int, record_frames: bool) -> None:
+             image_size: int, image_pipeline: str, record_frames: bool) -> None:
     """Steps the episode, updating result.steps / status / frames as it goes."""
     policy.reset()  # empty action queue (statistics accumulate; this episode's are sliced after)
     obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
@@ -136,7 +136,7 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
         if record_frames and (frame := _frame(env, obs)) is not None:
             result.frames.append(frame)
         # the batch (and its camera frames) is built only when the policy queries its engine
-        action = policy.select_action(lambda obs=obs: env.batch(obs, image_size=image_size))
+        action = policy.select_action(lambda obs=obs: env.batch(obs, image_size, image_pipeline))
         obs, _, _, _ = env.step(to_env_action(action))
         result.steps += 1
         if env.success():
@@ -161,11 +161,13 @@ def _add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any]) -> None:
 
 
 def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial: int, seed: int,
-                mode: str, image_size: int, record_frames: bool = False) -> EpisodeResult:
+                mode: str, image_size: int, image_pipeline: str = "resize",
+                record_frames: bool = False) -> EpisodeResult:
     """Run one episode (protocol in the module docstring) and return its result.
 
     max_steps: policy steps after the wait (the suite's `SuiteSpec.max_steps` for the benchmark).
-    image_size: side S of the images fed to the policy (what the main model was trained with).
+    image_size, image_pipeline: side S of the images fed to the policy and how frames become them
+    (`rsd_pl.data.obs.preprocess_images`: what the main model was trained with).
     """
     result = EpisodeResult(suite=env.suite, task_id=env.task_id, task_name=env.task_name,
                            instruction=env.instruction, trial=trial, seed=seed, mode=mode,
@@ -174,7 +176,7 @@ def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial
     first_chunk = len(policy.stats.chunks)  # the policy keeps statistics across episodes
     start = time.perf_counter()
     try:
-        _rollout(env, policy, result, max_steps, image_size, record_frames)
+        _rollout(env, policy, result, max_steps, image_size, image_pipeline, record_frames)
     except RsdError:
         raise
     except Exception:  # recorded as this episode's error, printed, counted separately; never a success

@@ -37,11 +37,12 @@ def check_data_matches(backbone_cfg, datamodule) -> None:
     """The data's images / cameras / object_pos must be what the backbone was built for."""
     pairs = [("image_size", backbone_cfg.image_size, datamodule.image_size),
              ("num_cameras", backbone_cfg.num_cameras, len(datamodule.cameras)),
-             ("use_object_pos", backbone_cfg.use_object_pos, datamodule.use_object_pos)]
+             ("use_object_pos", backbone_cfg.use_object_pos, datamodule.use_object_pos),
+             ("image_pipeline", backbone_cfg.image_pipeline, getattr(datamodule, "image_pipeline", "resize"))]
     for key, ours, theirs in pairs:
         if ours != theirs:
             raise RsdError(f"backbone {key}={ours} but the data gives {theirs} "
-                           f"(data.init_args: image_size, cameras, use_object_pos)")
+                           f"(data.init_args: image_size, cameras, use_object_pos, image_pipeline)")
 
 
 def layer_accuracy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -116,9 +117,9 @@ class MainModule(L.LightningModule):
         self.frozen["tokenizer"] = bundle
         self.tokenizer_spec, self.data_fingerprint = bundle.spec, datamodule.fingerprint()
         self.data_cameras = list(datamodule.cameras)  # eval renders these cameras (config["data"])
-        self.model.backbone.proprio_proj.set_stats(*datamodule.state_stats("proprio"))
-        if self.model.backbone.object_proj is not None:
-            self.model.backbone.object_proj.set_stats(*datamodule.state_stats("object_pos"))
+        self.model.backbone.set_state_stats("proprio", *datamodule.state_stats("proprio"))
+        if self.model.cfg.backbone.use_object_pos:
+            self.model.backbone.set_state_stats("object_pos", *datamodule.state_stats("object_pos"))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rsd_pl"] = {"tokenizer": self.tokenizer_spec, "data_fingerprint": self.data_fingerprint,

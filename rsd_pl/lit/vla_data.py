@@ -78,12 +78,12 @@ class VLAChunkDataset(Dataset):
 class Collate:
     """Stack items; raw frames go through `preprocess_images` here, batched."""
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
+    def __init__(self, image_size: int, image_pipeline: str = "resize"):
+        self.image_size, self.image_pipeline = image_size, image_pipeline
 
     def __call__(self, items: list[dict]) -> dict:
         frames = np.stack([item["frames"] for item in items])  # (B, V, S0, S0, 3)
-        batch = {"images": preprocess_images(frames, self.image_size),  # (B, V, 3, S, S)
+        batch = {"images": preprocess_images(frames, self.image_size, self.image_pipeline),  # (B, V, 3, S, S)
                  "instruction": [item["instruction"] for item in items]}
         for key in ("proprio", "object_pos", "actions", "codes"):
             if key in items[0]:
@@ -108,18 +108,23 @@ class VLADataModule(L.LightningDataModule):
         seed: Seed of the train/val episode split.
         batch_size: Samples per batch.
         num_workers: DataLoader worker processes.
+        drop_noops: Drop OpenVLA-OFT's no-op steps (|xyz,rot| < 1e-4 with the gripper unchanged) before
+            chunking, as OFT's no-noops datasets do.
+        image_pipeline: How frames become images: `resize` (tiny backbone) or `oft` (openvla backbone:
+            OFT's JPEG round trip, Lanczos resize and centre crop). Must match the backbone.
     """
 
     def __init__(self, data: str, tokenizer: str = "rfsq@best", registry_root: str | None = None,
                  cameras: list[str] | None = None, image_size: int = 64, use_object_pos: bool = False,
                  chunk_len: int = 8, val_fraction: float = 0.1, seed: int = 0, batch_size: int = 32,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, drop_noops: bool = False, image_pipeline: str = "resize") -> None:
         super().__init__()
         self.data, self.tokenizer_name, self.registry_root = data, tokenizer, registry_root
         self.cameras = list(cameras or ["agentview_rgb"])
         self.image_size, self.use_object_pos, self.chunk_len = image_size, use_object_pos, chunk_len
         self.val_fraction, self.seed = val_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.drop_noops, self.image_pipeline = drop_noops, image_pipeline
         self.tokenizer: TokenizerBundle | None = None
         self.train_set: VLAChunkDataset | None = None
         self.val_set: VLAChunkDataset | None = None
@@ -127,7 +132,7 @@ class VLADataModule(L.LightningDataModule):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = data_fingerprint(resolve_demo_files(self.data))
+            self._fingerprint = data_fingerprint(resolve_demo_files(self.data), drop_noops=self.drop_noops)
         return self._fingerprint
 
     def load_tokenizer(self) -> TokenizerBundle:
@@ -143,7 +148,8 @@ class VLADataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         tokenizer = self.load_tokenizer()
-        episodes = read_episodes(self.data, image_keys=self.cameras, require_images=True)
+        episodes = read_episodes(self.data, image_keys=self.cameras, require_images=True,
+                                 drop_noops=self.drop_noops)
         if self.use_object_pos:
             lacking = [e.source for e in episodes if e.object_pos is None]
             if lacking:
@@ -174,4 +180,5 @@ class VLADataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("VLADataModule.setup() must run before its dataloaders")
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=Collate(self.image_size), persistent_workers=self.num_workers > 0)
+                          collate_fn=Collate(self.image_size, self.image_pipeline),
+                          persistent_workers=self.num_workers > 0)

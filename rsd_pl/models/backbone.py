@@ -4,24 +4,23 @@ One interface, two implementations:
 
 - `TinyVLM`: SigLIP vision tower + Llama language model built from `transformers` configs, random init,
   with a byte-level BPE text tokenizer trained in memory on a fixed corpus (deterministic, no download).
-- `OpenVLABackbone`: an OpenVLA / OpenVLA-OFT checkpoint from a local directory (trust_remote_code), bf16,
-  LoRA (peft) restricted to the language model.
+- `OpenVLABackbone` (rsd_pl/models/openvla/backbone.py): the native OpenVLA-OFT network from a local
+  checkpoint directory (plain torch + transformers' Llama, no remote code), bf16, LoRA (peft) restricted to the
+  language model, OFT's bidirectional prefix followed by block-causal RSD blocks.
 
 Both expose:
     hidden_size: int
     embed_prefix(batch) -> [B, P, H]      images + instruction + proprio (+ object_pos), P fixed by config
     run(embeds [B, N, H], cache) -> (hidden [B, N, H], cache)   causal, appends to the transformers cache
 
-The prompt is always padded/truncated to `max_text_len` tokens and every prefix token is attended (no
-padding mask), so training batches and batch-1 evaluation see exactly the same sequence layout.
+The prompt is always padded to `max_text_len` tokens and every prefix token is attended (no padding
+mask), so training batches and batch-1 evaluation see exactly the same sequence layout.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -96,7 +95,7 @@ class BackboneConfig:
     preset: str = "tiny-5m"
     """Tiny preset name, one of TINY_PRESETS."""
     image_size: int = 64
-    """Side S of the images the backbone receives (tiny: 64 or 128; openvla resizes to its own size)."""
+    """Side S of the images the backbone receives (tiny: 64 or 128; openvla: 224, its towers' size)."""
     num_cameras: int = 1
     """V: cameras per observation (agentview first, then wrist)."""
     patch_size: int = 8
@@ -108,12 +107,17 @@ class BackboneConfig:
     """Feed the privileged object_pos [B, 6] through its own projector (one extra prefix token)."""
     object_pos_dim: int = 6
     max_text_len: int = 24
-    """Instruction tokens, padded/truncated to exactly this many."""
+    """Prompt tokens, padded to exactly this many (tiny truncates a longer prompt; openvla refuses it)."""
     text_vocab_size: int = 512
     torch_dtype: str = "bfloat16"
     """openvla: dtype the checkpoint is loaded in (bfloat16 on GPUs)."""
     path: str | None = None
-    """openvla: local directory holding config.json, the weights and the tokenizer files."""
+    """openvla: local OpenVLA-OFT directory (config.json, model*.safetensors + index, tokenizer.json,
+    preprocessor_config.json, dataset_statistics.json, proprio_projector--*_checkpoint.pt)."""
+    unnorm_key: str | None = None
+    """openvla: the dataset_statistics.json entry for OFT's proprio normalisation (None: the only one)."""
+    gradient_checkpointing: bool = False
+    """openvla: recompute the language model's activations in backward (less GPU memory at 7B)."""
     lora_rank: int = 32
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -121,6 +125,12 @@ class BackboneConfig:
     """peft target_modules regex: must only match modules of the language model."""
     extra: dict = field(default_factory=dict)
     """Free-form overrides of the tiny preset sizes (keys of TINY_PRESETS entries)."""
+
+    @property
+    def image_pipeline(self) -> str:
+        """How raw frames become the model's images (rsd_pl.data.obs.preprocess_images): `oft` for openvla
+        (OFT's JPEG round trip, Lanczos resize and centre crop), `resize` for tiny."""
+        return "oft" if self.kind == "openvla" else "resize"
 
     def validate(self) -> None:
         if self.kind not in ("tiny", "openvla"):
@@ -193,7 +203,7 @@ def _state_tokens(batch: dict, proprio: StateProjector, object_proj: StateProjec
     return tokens
 
 
-def _check_images(images: Tensor, num_cameras: int) -> None:
+def check_images(images: Tensor, num_cameras: int) -> None:
     if images.dim() != 5 or images.shape[1] != num_cameras or images.shape[2] != 3:
         raise RsdError(f"images: expected [B, V={num_cameras}, 3, S, S], got {list(images.shape)}")
 
@@ -233,6 +243,12 @@ class TinyVLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.language.embed_tokens.weight.dtype
 
+    def set_state_stats(self, key: str, mean: Tensor, std: Tensor) -> None:
+        """Standardisation of the raw `proprio` / `object_pos` inputs, from the training data."""
+        projector = self.proprio_proj if key == "proprio" else self.object_proj
+        if projector is not None:
+            projector.set_stats(mean, std)
+
     def text_ids(self, instructions: list[str]) -> Tensor:
         """instructions -> int64 [B, max_text_len]: <bos> + BPE ids, right-padded with <pad>, truncated."""
         rows = []
@@ -246,7 +262,7 @@ class TinyVLM(nn.Module):
 
     def image_tokens(self, images: Tensor) -> Tensor:
         """images [B, V, 3, S, S] in [0, 1] -> [B, V * patches, H]."""
-        _check_images(images, self.cfg.num_cameras)
+        check_images(images, self.cfg.num_cameras)
         batch, cams = images.shape[:2]
         pixels = ((images.flatten(0, 1) - 0.5) / 0.5).to(self.dtype)  # (B*V, 3, S, S), SigLIP normalisation
         patches = self.vision(pixel_values=pixels).last_hidden_state  # (B*V, N, Hv)
@@ -279,50 +295,6 @@ def _run_llama(language: nn.Module, embeds: Tensor, cache: DynamicCache | None,
     return out.last_hidden_state, (out.past_key_values if use_cache else None)
 
 
-def check_openvla_dir(path: str | None) -> Path:
-    """A local OpenVLA(-OFT) directory must hold config.json, weights, tokenizer and preprocessor config."""
-    if not path:
-        raise RsdError("backbone.path is not set: point it at a local OpenVLA-OFT directory "
-                       "(e.g. moojink/openvla-7b-oft-finetuned-libero-spatial downloaded by hand)")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise RsdError(f"backbone.path={str(root)!r}: no such directory")
-    missing = [name for name in ("config.json", "preprocessor_config.json") if not (root / name).is_file()]
-    weights = list(root.glob("*.safetensors")) + list(root.glob("*.bin"))
-    if not weights:
-        missing.append("model weights (*.safetensors or *.bin)")
-    if not (root / "tokenizer.json").is_file() and not (root / "tokenizer.model").is_file():
-        missing.append("tokenizer.json or tokenizer.model")
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = root / index_name
-        if index.is_file():
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-            missing += [f"weight shard {s}" for s in sorted(shards) if not (root / s).is_file()]
-    if missing:
-        raise RsdError(f"backbone.path={str(root)!r} is incomplete: missing {', '.join(missing)}")
-    return root
-
-
-def load_openvla_model(root: Path, dtype: torch.dtype) -> nn.Module:
-    """The OpenVLA(-OFT) remote class named by config.json's auto_map, loaded from local files only."""
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    auto_map = json.loads((root / "config.json").read_text()).get("auto_map", {})
-    class_ref = auto_map.get("AutoModelForVision2Seq")
-    if class_ref is None:
-        raise RsdError(f"{root / 'config.json'}: auto_map has no 'AutoModelForVision2Seq' entry; "
-                       "is this an OpenVLA checkpoint?")
-    model_class = get_class_from_dynamic_module(class_ref, str(root), local_files_only=True)
-    return model_class.from_pretrained(str(root), torch_dtype=dtype, trust_remote_code=True,
-                                       local_files_only=True)
-
-
-def load_openvla_tokenizer(root: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-
-
 def apply_language_lora(model: nn.Module, cfg: BackboneConfig) -> nn.Module:
     """LoRA on the modules whose full name matches cfg.lora_target_regex; everything else frozen."""
     import re
@@ -341,70 +313,15 @@ def apply_language_lora(model: nn.Module, cfg: BackboneConfig) -> nn.Module:
     return get_peft_model(model, lora)
 
 
-class OpenVLABackbone(nn.Module):
-    """OpenVLA / OpenVLA-OFT (Prismatic: vision_backbone, projector, language_model) with LoRA on the LLM."""
-
-    def __init__(self, cfg: BackboneConfig, dtype: torch.dtype = torch.bfloat16):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        root = check_openvla_dir(cfg.path)
-        self.vla = apply_language_lora(load_openvla_model(root, dtype), cfg)
-        self.text_tokenizer = load_openvla_tokenizer(root)
-        pre = json.loads((root / "preprocessor_config.json").read_text())
-        self.input_size = int(pre["input_sizes"][0][-1])
-        means, stds = torch.tensor(pre["means"]), torch.tensor(pre["stds"])  # (n_towers, 3)
-        self.register_buffer("pixel_mean", means.reshape(-1, 1, 1), persistent=False)  # (3*n, 1, 1)
-        self.register_buffer("pixel_std", stds.reshape(-1, 1, 1), persistent=False)
-        self.num_towers = means.shape[0]
-        self.hidden_size = int(self.core.language_model.config.hidden_size)
-        self.proprio_proj = StateProjector(cfg.proprio_dim, self.hidden_size).to(dtype)
-        self.object_proj = (StateProjector(cfg.object_pos_dim, self.hidden_size).to(dtype)
-                            if cfg.use_object_pos else None)
-
-    @property
-    def core(self) -> nn.Module:
-        return self.vla.get_base_model()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.core.get_input_embeddings().weight.dtype
-
-    def text_ids(self, instructions: list[str]) -> Tensor:
-        prompts = [f"In: What action should the robot take to {text.lower().strip()}?\nOut:" for text in instructions]
-        encoded = self.text_tokenizer(prompts, padding="max_length", truncation=True,
-                                      max_length=self.cfg.max_text_len, return_tensors="pt")
-        return encoded["input_ids"]
-
-    def image_tokens(self, images: Tensor) -> Tensor:
-        """images [B, V, 3, S, S] in [0, 1] -> [B, V * patches, H] through the vision backbone + projector."""
-        _check_images(images, self.cfg.num_cameras)
-        batch, cams = images.shape[:2]
-        pixels = nn.functional.interpolate(images.flatten(0, 1).float(), size=self.input_size, mode="bicubic",
-                                           align_corners=False).clamp(0, 1)  # (B*V, 3, s, s)
-        pixels = pixels.repeat(1, self.num_towers, 1, 1)  # (B*V, 3*n_towers, s, s), one copy per tower
-        pixels = ((pixels - self.pixel_mean) / self.pixel_std).to(self.dtype)
-        patches = self.core.projector(self.core.vision_backbone(pixels))  # (B*V, N, H)
-        return patches.unflatten(0, (batch, cams)).flatten(1, 2)  # (B, V*N, H)
-
-    def embed_prefix(self, batch: dict) -> Tensor:
-        images = batch["images"]
-        ids = self.text_ids(batch["instruction"]).to(images.device)
-        text = self.core.get_input_embeddings()(ids)
-        states = _state_tokens(batch, self.proprio_proj, self.object_proj, self.dtype)
-        return torch.cat([self.image_tokens(images), text, *states], dim=1)  # (B, P, H)
-
-    def run(self, embeds: Tensor, cache: DynamicCache | None = None,
-            use_cache: bool = True) -> tuple[Tensor, DynamicCache | None]:
-        language = self.core.language_model.model  # LlamaModel inside LlamaForCausalLM
-        return _run_llama(language, embeds.to(self.dtype), cache, use_cache)
-
-
-def build_backbone(cfg: BackboneConfig) -> TinyVLM | OpenVLABackbone:
+def build_backbone(cfg: BackboneConfig, block_len: int = 8) -> nn.Module:
+    """The backbone of cfg.kind; `block_len` (T) is the size of the blocks appended after the prefix
+    (the openvla backbone attends them block-causally)."""
     cfg.validate()
     if cfg.kind == "tiny":
         return TinyVLM(cfg)
+    from rsd_pl.models.openvla.backbone import OpenVLABackbone
+
     dtype = getattr(torch, cfg.torch_dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise RsdError(f"backbone.torch_dtype={cfg.torch_dtype!r} is not a torch dtype")
-    return OpenVLABackbone(cfg, dtype)
+    return OpenVLABackbone(cfg, dtype, block_len)

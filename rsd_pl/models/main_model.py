@@ -75,7 +75,7 @@ class MainModel(nn.Module):
         self.num_layers, self.num_levels = cfg.num_layers, cfg.num_levels
         if cfg.num_layers < 2:
             raise RsdError(f"num_layers={cfg.num_layers}: need at least 2 residual layers")
-        self.backbone = build_backbone(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone, block_len=cfg.chunk_len)
         hidden = self.hidden_size = self.backbone.hidden_size
         self.queries = QueryBlock(cfg.chunk_len, hidden)
         self.code_embed = CodeBlockEmbedding(cfg.chunk_len, cfg.latent_dim, cfg.num_layers, cfg.num_levels, hidden)
