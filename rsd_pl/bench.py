@@ -1,9 +1,11 @@
 """`python -m rsd_pl bench`: latency per chunk of every decoding mode, measured in one run.
 
 For each setting (tiny presets on CPU with random weights; a Llama-2-7B-shaped random bf16
-backbone when CUDA is available; or trained models from the registry) the modes are run
+backbone when CUDA is available; the native OpenVLA-OFT network from a checkpoint directory or at its
+real size with random weights (`--openvla`); or trained models from the registry) the modes are run
 round-robin on the same observations, so machine noise hits all of them alike. Reports p50 / p95
-latency, main and draft forwards per chunk, acceptance, and the speedup of speculative over ar.
+latency, main and draft forwards per chunk, acceptance, peak GPU memory, and the speedup of
+speculative over ar and over ar_exit (the strongest AR baseline).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from rsd_pl.data.normalize import ActionNormalizer
-from rsd_pl.decoding import RSD_MODES, DecodingConfig, DecodingEngine, StatsAggregator
+from rsd_pl.decoding import MODES, RSD_MODES, DecodingConfig, DecodingEngine, OFTEngine, StatsAggregator
 from rsd_pl.errors import RsdError
 from rsd_pl.models.backbone import TINY_PRESETS, BackboneConfig
 from rsd_pl.models.draft import DraftConfig, DraftModel
@@ -41,15 +43,18 @@ class BenchSetting:
     tokenizer: ActionRFSQAE
     normalizer: ActionNormalizer
     weights: str
-    """'random' or the registry specs the models came from."""
+    """'random' or the registry specs / checkpoint the models came from."""
     notes: list[str] = field(default_factory=list)
+    oft: object | None = None
+    """OpenVLA-OFT's own policy (OFTPolicyModel) for the `oft` mode; only with --openvla."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rsd_pl bench", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="*", default=list(TINY_PRESETS),
                         help="tiny presets to build with random weights (default: all); none with --main")
-    parser.add_argument("--modes", nargs="+", default=list(RSD_MODES), choices=RSD_MODES)
+    parser.add_argument("--modes", nargs="+", default=list(RSD_MODES), choices=MODES,
+                        help="decoding modes (oft needs --openvla)")
     parser.add_argument("--chunks", type=int, default=30, help="timed chunks per mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed chunks per mode first")
     parser.add_argument("--draft_len", type=int, nargs="+", default=[7],
@@ -61,6 +66,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--scale_7b", choices=["auto", "on", "off"], default="auto",
                         help="Llama-2-7B-shaped random bf16 backbone on CUDA (auto: when CUDA is available)")
+    parser.add_argument("--openvla", default=None, metavar="DIR|random",
+                        help="the native OpenVLA-OFT: a local checkpoint directory, or 'random' (its real 7B "
+                             "architecture, random bf16 weights, CUDA); RSD heads and draft are random")
+    parser.add_argument("--exit_bound", type=float, default=0.05, help="ar_exit: early-exit bound (normalised)")
     parser.add_argument("--main", default=None, help="registry spec of a trained main model (e.g. main@best)")
     parser.add_argument("--draft", default=None, help="registry spec of its draft (e.g. draft@best)")
     parser.add_argument("--tokenizer", default=None, help="registry spec (default: the main model's lineage)")
@@ -70,6 +79,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.chunks < 1 or args.warmup < 0:
         raise RsdError(f"--chunks={args.chunks} must be >= 1 and --warmup={args.warmup} >= 0")
+    if "oft" in args.modes and args.openvla is None:
+        raise RsdError("--modes oft needs --openvla (OpenVLA-OFT's own checkpoint, or random)")
+    if args.openvla is not None and args.main is not None:
+        raise RsdError("--openvla and --main are separate settings: give one")
     if (args.main is None) != (args.draft is None):
         raise RsdError("--main and --draft go together (speculative decoding needs both)")
     unknown = set(args.presets) - set(TINY_PRESETS)
@@ -120,6 +133,35 @@ def scale_7b_setting(device: torch.device) -> BenchSetting:
                         identity_normalizer(), weights="random", notes=notes)
 
 
+def openvla_setting(source: str, device: torch.device) -> BenchSetting:
+    """The native OpenVLA-OFT (checkpoint directory or 'random' 7B) with random RSD heads and a 512-wide draft,
+    no LoRA (as merged for deployment); `oft` runs OFT's own head on the same network (one copy of the weights).
+    bf16 on CUDA, float32 on CPU."""
+    from rsd_pl.models.openvla.backbone import OpenVLABackbone
+    from rsd_pl.models.openvla.parts import load_openvla_parts, random_openvla_parts
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    parts = random_openvla_parts(device, dtype) if source == "random" else load_openvla_parts(source, dtype)
+    parts.vla.to(device)
+    backbone_cfg = BackboneConfig(kind="openvla", path=None if source == "random" else source, image_size=224,
+                                  num_cameras=2, max_text_len=64, lora_rank=0, torch_dtype=str(dtype).split(".")[1])
+    cfg = MainModelConfig(backbone=backbone_cfg)
+    main = MainModel(cfg, backbone=OpenVLABackbone(backbone_cfg, dtype, cfg.chunk_len, parts)).to(device, dtype)
+    hidden = main.hidden_size
+    draft_size = dict(hidden=512, layers=2, heads=8, mlp=2048) if hidden >= 1024 else {}
+    draft = DraftModel(DraftConfig(main_hidden=hidden, **draft_size)).to(device, dtype)
+    oft = parts.oft_policy().to(device)
+    notes = [f"OpenVLA network: {sum(p.numel() for p in parts.vla.parameters()) / 1e9:.2f}B params "
+             f"({parts.source}); RSD heads and draft ({sum(p.numel() for p in draft.parameters()) / 1e6:.1f}M) "
+             "random; no LoRA (merged)"]
+    weights = "random" if source == "random" else f"{source} (OFT weights; RSD heads random)"
+    return BenchSetting(f"openvla ({device.type}, {str(dtype).split('.')[1]})", main, draft,
+                        ActionRFSQAE().to(device), identity_normalizer(), weights=weights, notes=notes, oft=oft)
+
+
 def registry_setting(args: argparse.Namespace, device: torch.device) -> BenchSetting:
     from rsd_pl.models.draft import load_draft
     from rsd_pl.models.main_model import load_main
@@ -161,15 +203,15 @@ def decoding_config(args: argparse.Namespace, mode: str) -> DecodingConfig:
     acceptance = args.acceptance if mode == "speculative" else ("sampling" if args.temperature > 0 else "exact")
     draft_len = args.draft_len[0] if len(args.draft_len) == 1 else list(args.draft_len)
     return DecodingConfig(mode=mode, acceptance=acceptance, draft_len=draft_len, tau=args.tau,
-                          temperature=args.temperature)
+                          temperature=args.temperature, exit_bound=args.exit_bound)
 
 
 def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
     """Round-robin over modes: warmup chunks, then `args.chunks` timed chunks per mode."""
     engines = {
-        mode: DecodingEngine(setting.main, setting.tokenizer, setting.normalizer,
-                             decoding_config(args, mode),
-                             setting.draft if mode == "speculative" else None)
+        mode: OFTEngine(setting.oft, decoding_config(args, mode)) if mode == "oft" else
+        DecodingEngine(setting.main, setting.tokenizer, setting.normalizer, decoding_config(args, mode),
+                       setting.draft if mode == "speculative" else None)
         for mode in args.modes
     }
     device = next(setting.main.parameters()).device
@@ -185,10 +227,13 @@ def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
     result = {"setting": setting.name, "weights": setting.weights, "device": str(device),
               "decoding": decoding_config(args, "speculative").to_dict(),
               "threads": torch.get_num_threads(), "notes": setting.notes, "modes": summaries}
-    if "ar" in summaries and "speculative" in summaries:
-        ar, spec = summaries["ar"], summaries["speculative"]
-        result["speedup_speculative_over_ar_p50"] = ar["latency_p50_ms"] / spec["latency_p50_ms"]
-        result["speedup_speculative_over_ar_mean"] = ar["latency_mean_ms"] / spec["latency_mean_ms"]
+    for base in ("ar", "ar_exit"):
+        if base in summaries and "speculative" in summaries:
+            slow, spec = summaries[base], summaries["speculative"]
+            result[f"speedup_speculative_over_{base}_p50"] = slow["latency_p50_ms"] / spec["latency_p50_ms"]
+            result[f"speedup_speculative_over_{base}_mean"] = slow["latency_mean_ms"] / spec["latency_mean_ms"]
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
 
 
@@ -207,10 +252,13 @@ def format_result(result: dict) -> str:
                      f"{s['main_forwards_per_chunk']:>9.2f}{s['draft_forwards_per_chunk']:>9.2f}{accept:>8}{agree:>7}"
                      f"{s['prefill_mean_ms']:>9.2f}{s['draft_mean_ms']:>8.2f}{s['verify_mean_ms']:>8.2f}"
                      f"{s['decode_mean_ms']:>8.2f}")
-    if "speedup_speculative_over_ar_p50" in result:
-        lines.append(f"   speculative vs ar: {result['speedup_speculative_over_ar_p50']:.2f}x (p50), "
-                     f"{result['speedup_speculative_over_ar_mean']:.2f}x (mean)")
-    if result["weights"] == "random":
+    for base in ("ar", "ar_exit"):
+        if f"speedup_speculative_over_{base}_p50" in result:
+            lines.append(f"   speculative vs {base}: {result[f'speedup_speculative_over_{base}_p50']:.2f}x (p50), "
+                         f"{result[f'speedup_speculative_over_{base}_mean']:.2f}x (mean)")
+    if "peak_memory_gib" in result:
+        lines.append(f"   peak GPU memory: {result['peak_memory_gib']:.1f} GiB")
+    if "random" in result["weights"]:
         spec = result["modes"].get("speculative", {})
         rate = spec.get("acceptance_rate")
         if rate is not None and rate >= 0.999:
@@ -226,6 +274,10 @@ def format_result(result: dict) -> str:
 def settings_to_run(args: argparse.Namespace) -> list[tuple[str, Callable[[], BenchSetting]]]:
     """(name, builder) pairs; builders run one at a time so only one setting is in memory."""
     cuda = torch.cuda.is_available()
+    if args.openvla is not None:
+        if args.openvla == "random" and not cuda:
+            raise RsdError("--openvla random builds the 7B network with random weights and needs CUDA")
+        return [("openvla", lambda: openvla_setting(args.openvla, torch.device("cuda" if cuda else "cpu")))]
     if args.main is not None:
         device = torch.device("cuda" if cuda else "cpu")
         return [("registry", lambda: registry_setting(args, device))]
@@ -249,7 +301,7 @@ def main(argv: list[str]) -> int:
         result = run_setting(build(), args)
         print(format_result(result), flush=True)
         results.append(result)
-    if args.main is None and not torch.cuda.is_available():
+    if args.main is None and args.openvla is None and not torch.cuda.is_available():
         print("llama2-7b-shaped setting skipped: CUDA is not available on this machine")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03])
     parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--drop_noops", action="store_true",
+                        help="drop OFT's no-op steps, as the fit did with --data.init_args.drop_noops true")
     return parser.parse_args()
 
 
@@ -52,7 +54,7 @@ def main() -> None:
     tokenizer, normalizer, artifact = load_tokenizer(tokenizer_spec, registry)
     tokenizer = tokenizer.double()
 
-    episodes = read_episodes(args.data, image_keys=[])
+    episodes = read_episodes(args.data, image_keys=[], drop_noops=args.drop_noops)
     _, val_ids = split_episodes(len(episodes), args.val_fraction, args.seed)
     chunks = ActionChunkDataset([normalizer.normalize(episodes[i].actions) for i in val_ids], tokenizer.chunk_len)
     actions = chunks.chunks.double()  # (N, T, D)
@@ -89,7 +91,7 @@ def main() -> None:
                   + " ".join(f"{main_metrics[key.format(layer + 1)]:>6.3f}" for layer in range(num_layers)))
         print(f"main model {main_artifact.spec}: decoded-action L1 {main_metrics.get('val/l1_ar', float('nan')):.4f}")
         trained_on = main_artifact.lineage.get("data_fingerprint")
-        if trained_on != data_fingerprint(resolve_demo_files(args.data)):
+        if trained_on != data_fingerprint(resolve_demo_files(args.data), drop_noops=args.drop_noops):
             print(f"warning: {main_artifact.spec} was trained on other data (fingerprint {trained_on}); "
                   "its accuracies come from its own validation split")
 

@@ -4,6 +4,7 @@ No timing assertions (shared machines are noisy): only structure and forward cou
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -39,6 +40,8 @@ def test_bench_writes_a_report_with_every_mode(tmp_path, capsys) -> None:
         (["--main", "main@best"], "--main and --draft"),
         (["--presets", "tiny-7b"], "unknown"),
         (["--chunks", "0"], "--chunks"),
+        (["--modes", "oft"], "needs --openvla"),
+        (["--openvla", "random", "--main", "main@best", "--draft", "draft@best"], "separate settings"),
     ],
 )
 def test_bench_bad_arguments(argv: list[str], message: str) -> None:
@@ -56,3 +59,41 @@ def test_7b_shaped_setting_builds_with_llama2_7b_dimensions() -> None:
     assert setting.main.hidden_size == 4096
     assert next(setting.main.parameters()).dtype == torch.bfloat16
     assert setting.draft.cfg.main_hidden == 4096 and setting.draft.cfg.hidden == 512
+
+
+def test_random_openvla_is_the_real_7b_architecture(oft_fixture) -> None:
+    """What gpu_check.sh builds without a checkpoint: OpenVLA-OFT 7B's tensors exactly (meta device, no memory)."""
+    from rsd_pl.models.openvla.parts import random_openvla_parts
+
+    manifest = json.loads((oft_fixture / "manifest_7b.json").read_text())
+    parts = random_openvla_parts(torch.device("meta"))
+    tensors = manifest["files"]["model-0000{1..4}-of-00004.safetensors"]["tensors"]
+    assert {k: list(v.shape) for k, v in parts.vla.state_dict().items()} == {k: v["shape"] for k, v in tensors.items()}
+    assert next(parts.vla.parameters()).dtype == torch.bfloat16
+    assert sum(p.numel() for p in parts.head.parameters()) == manifest["param_counts"][
+        "action_head (L1RegressionActionHead)"]
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_the_tiny_checkpoint(tmp_path, oft_fixture) -> None:
+    """scripts/gpu_check.sh end to end (on CPU, allowed explicitly): both cases, every mode, one run each."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GPU_CHECK_ALLOW_CPU": "1", "GPU_CHECK_CHUNKS": "2", "GPU_CHECK_OUT": str(tmp_path),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", str(oft_fixture / "tiny_checkpoint")], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    worst = json.loads((tmp_path / "worst.json").read_text())["results"][0]["modes"]
+    best = json.loads((tmp_path / "best.json").read_text())["results"][0]["modes"]
+    assert set(worst) == set(best) == {"oft", "parallel", "ar", "ar_exit", "speculative"}
+    assert worst["oft"]["main_forwards_per_chunk"] == 1.0 and worst["ar"]["main_forwards_per_chunk"] == 8.0
+    assert best["speculative"]["main_forwards_per_chunk"] == 2.0  # every proposal accepted
+    assert worst["speculative"]["main_forwards_per_chunk"] > 2.0
+    env.pop("GPU_CHECK_ALLOW_CPU")
+    refused = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "no CUDA device" in refused.stderr

@@ -146,6 +146,26 @@ def test_early_exit_stops_before_the_last_layer() -> None:
     assert always.stats.main_forwards == 2
 
 
+def test_ar_exit_is_ar_with_its_own_bound() -> None:
+    """ar_exit == ar with early_exit_bound = exit_bound, code for code; its bound bounds the last step."""
+    main = tiny_main(7)
+    batch = tiny_batch(7, batch_size=2)
+    for bound in (1e-12, 0.05, 1e9):
+        exit_mode = make_engine(main, "ar_exit", exit_bound=bound).decode_chunk(batch)
+        ar_bound = make_engine(main, "ar", early_exit_bound=bound).decode_chunk(batch)
+        assert torch.equal(exit_mode.codes, ar_bound.codes)
+        assert exit_mode.stats.main_forwards == ar_bound.stats.main_forwards
+    full = make_engine(main, "ar").decode_chunk(batch)
+    exited = make_engine(main, "ar_exit", exit_bound=1e9).decode_chunk(batch)
+    assert exited.stats.layers_decoded == 2 and full.stats.layers_decoded == main.num_layers
+    assert torch.equal(exited.codes, full.codes[..., :2])  # the same greedy layers, only fewer of them
+
+
+def test_oft_mode_needs_the_oft_engine() -> None:
+    with pytest.raises(RsdError, match="OFTEngine"):
+        make_engine(tiny_main(0), "oft")
+
+
 def test_speculative_without_draft_is_an_error() -> None:
     main = tiny_main(0)
     with pytest.raises(RsdError, match="needs a draft"):
@@ -172,6 +192,7 @@ def test_mismatched_shapes_are_an_error() -> None:
         (dict(acceptance="sampling", temperature=0.0), "temperature > 0"),
         (dict(acceptance="exact", temperature=0.7), "temperature=0"),
         (dict(mode="parallel", early_exit_bound=0.1), "early_exit_bound"),
+        (dict(mode="ar_exit", exit_bound=0.0), "exit_bound"),
     ],
 )
 def test_bad_config_is_an_error(config: dict, message: str) -> None:

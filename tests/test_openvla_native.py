@@ -22,13 +22,8 @@ from safetensors.torch import load_file
 from rsd_pl.errors import RsdError
 from rsd_pl.models.openvla.config import read_openvla_config
 from rsd_pl.models.openvla.model import build_openvla, load_openvla, load_tokenizer, prompt_ids
-from rsd_pl.models.openvla.oft import (
-    L1ActionHead,
-    OFTProprioProjector,
-    OFTStats,
-    load_oft_policy,
-    oft_env_actions,
-)
+from rsd_pl.models.openvla.oft import L1ActionHead, OFTProprioProjector, OFTStats, oft_env_actions
+from rsd_pl.models.openvla.parts import load_oft_policy
 
 FIXTURE = OFT_FIXTURE
 CKPT = FIXTURE / "tiny_checkpoint"

@@ -101,18 +101,18 @@ class DecodingEngine:
                 codes = choose_codes(logits, cfg.temperature, self.generator).permute(0, 2, 3, 1)  # [B, T, d, L]
             stats.main_forwards = 1
             return codes
-        stop = self._early_exit_check(timer) if cfg.early_exit_bound is not None else None
+        bound = cfg.exit_bound if cfg.mode == "ar_exit" else cfg.early_exit_bound
+        stop = self._early_exit_check(timer, bound) if bound is not None else None
         common = dict(temperature=cfg.temperature, generator=self.generator, stats=stats, timer=timer, stop=stop)
-        if cfg.mode == "ar":
+        if cfg.mode in ("ar", "ar_exit"):
             return autoregressive_decode(self.main, batch, **common)
         return speculative_decode(self.main, self.draft, batch, self.rule, draft_lengths=cfg.draft_lengths, **common)
 
-    def _early_exit_check(self, timer: SectionTimer):
+    def _early_exit_check(self, timer: SectionTimer, bound: float):
         """Stop when the last decided layer moved the decoded action by less than the bound
         (max abs over the chunk, every batch element): finer layers move it less still.
         ar checks after every layer, speculative after every round, so with early exit the two
         may stop at different depths (without it, exact speculative == greedy ar)."""
-        bound = self.config.early_exit_bound
 
         def stop(codes: Tensor) -> bool:
             if codes.shape[-1] < 2:

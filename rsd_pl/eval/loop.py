@@ -357,7 +357,7 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
 def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None) -> tuple[Any, ObsSpec]:
     """OpenVLA-OFT's own network, head, proprio projector and statistics (the `oft` mode), and what it observes:
     agentview + wrist at 224 px through OFT's image pipeline (rendered at `camera_size`, 256 as OFT)."""
-    from rsd_pl.models.openvla.oft import load_oft_policy
+    from rsd_pl.models.openvla.parts import load_oft_policy
 
     root = cfg.oft_checkpoint
     backbone = (main_config or {}).get("model", {}).get("backbone", {})

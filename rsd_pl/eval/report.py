@@ -181,6 +181,8 @@ def decoding_settings(records: list[dict[str, Any]]) -> str:
             text = cfg["acceptance"] + (f", tau {cfg['tau']:g}" if cfg["acceptance"] == "relaxed" else "")
             k = cfg["draft_len"]
             text += f", k {','.join(map(str, k)) if isinstance(k, list) else k}"
+        elif cfg.get("mode") == "ar_exit":
+            text = f"ar_exit, exit {cfg.get('exit_bound', 0.05):g}"
         else:
             text = cfg.get("mode", "?")
         if cfg:
@@ -193,7 +195,7 @@ def decoding_settings(records: list[dict[str, Any]]) -> str:
 
 
 def _mode_rank(mode: str) -> tuple[int, str]:
-    """Modes in the engine's order (l1, parallel, ar, speculative), unknown ones after."""
+    """Modes in the engine's order (oft, l1, parallel, ar, ar_exit, speculative), unknown ones after."""
     return (MODES.index(mode) if mode in MODES else len(MODES), mode)
 
 

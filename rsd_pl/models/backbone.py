@@ -119,6 +119,7 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
     """openvla: recompute the language model's activations in backward (less GPU memory at 7B)."""
     lora_rank: int = 32
+    """openvla: LoRA rank on the language model; 0 = no adapters (everything frozen: inference or timing)."""
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_regex: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"

@@ -1,6 +1,7 @@
 """The main model: VLA backbone + RFSQ token heads + L1 baseline (DESIGN.md section 3, docs/contracts.md).
 
-Sequence: [prefix][Q_1..Q_T][B1_1..B1_T]...[B(L-1)_1..B(L-1)_T], causal. The output at Q_t predicts
+Sequence: [prefix][Q_1..Q_T][B1_1..B1_T]...[B(L-1)_1..B(L-1)_T]: causal on the tiny backbone; on the
+openvla backbone the prefix is bidirectional (as OFT trained it) and the blocks block-causal. The output at Q_t predicts
 layer-1 codes of step t; the output at Bl_t predicts layer l+1 codes of step t. Training is one
 teacher-forced pass; decoding is `prefill` then `extend` with the backbone's KV cache, and both give
 the same logits (tests/test_main_model.py checks it).
@@ -68,14 +69,15 @@ class Prefill:
 class MainModel(nn.Module):
     """Backbone + query block + code-block embeddings + AR layer heads + parallel head + L1 head."""
 
-    def __init__(self, cfg: MainModelConfig):
+    def __init__(self, cfg: MainModelConfig, backbone: nn.Module | None = None):
+        """backbone: an already built backbone for cfg.backbone (default: build it from the config)."""
         super().__init__()
         self.cfg = cfg
         self.chunk_len, self.latent_dim = cfg.chunk_len, cfg.latent_dim
         self.num_layers, self.num_levels = cfg.num_layers, cfg.num_levels
         if cfg.num_layers < 2:
             raise RsdError(f"num_layers={cfg.num_layers}: need at least 2 residual layers")
-        self.backbone = build_backbone(cfg.backbone, block_len=cfg.chunk_len)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone, block_len=cfg.chunk_len)
         hidden = self.hidden_size = self.backbone.hidden_size
         self.queries = QueryBlock(cfg.chunk_len, hidden)
         self.code_embed = CodeBlockEmbedding(cfg.chunk_len, cfg.latent_dim, cfg.num_layers, cfg.num_levels, hidden)

@@ -25,9 +25,8 @@ from transformers import DynamicCache
 
 from rsd_pl.errors import RsdError
 from rsd_pl.models.backbone import BackboneConfig, StateProjector, apply_language_lora, check_images
-from rsd_pl.models.openvla.model import TowerNormalize, load_openvla, load_tokenizer, prompt_ids
-from rsd_pl.models.openvla.oft import OFTProprioProjector, OFTStats, find_component, load_component
-from rsd_pl.models.openvla.preprocess import load_tower_normalization
+from rsd_pl.models.openvla.model import TowerNormalize, prompt_ids
+from rsd_pl.models.openvla.parts import OpenVLAParts, load_openvla_parts
 
 
 def block_causal_mask(prefix_len: int, block_len: int, past: int, new: int, batch: int,
@@ -46,34 +45,35 @@ class OpenVLABackbone(nn.Module):
     """Native OpenVLA-OFT from `cfg.path` with LoRA on its language model; the backbone interface of
     `rsd_pl.models.backbone` (hidden_size, dtype, prefix_len, embed_prefix, run)."""
 
-    def __init__(self, cfg: BackboneConfig, dtype: torch.dtype, block_len: int):
+    def __init__(self, cfg: BackboneConfig, dtype: torch.dtype, block_len: int, parts: OpenVLAParts | None = None):
+        """parts: an already loaded checkpoint (default: load cfg.path without OFT's action head)."""
         super().__init__()
         cfg.validate()
         self.cfg, self.block_len = cfg, block_len
-        root = check_openvla_dir(cfg.path)
-        vla = load_openvla(root, dtype)
+        if parts is None:
+            parts = load_openvla_parts(check_openvla_dir(cfg.path), dtype, cfg.unnorm_key, need_head=False)
+        vla = parts.vla
         if cfg.image_size != vla.spec.towers[0].image_size:
-            raise RsdError(f"backbone.image_size={cfg.image_size} but {root}/config.json's towers take "
+            raise RsdError(f"backbone.image_size={cfg.image_size} but {parts.source}/config.json's towers take "
                            f"{vla.spec.towers[0].image_size} px images")
         self.hidden_size = vla.hidden_size
         self.patches_per_image = vla.spec.patches_per_image
         if cfg.gradient_checkpointing:
             vla.language_model.gradient_checkpointing_enable()
-        self.vla = apply_language_lora(vla, cfg)
-        self.normalize = TowerNormalize(load_tower_normalization(root / "preprocessor_config.json"))
-        self.text_tokenizer = load_tokenizer(root)
+        self.vla = apply_language_lora(vla, cfg) if cfg.lora_rank > 0 else vla.requires_grad_(False)
+        self.normalize = TowerNormalize(parts.normalization)
+        self.text_tokenizer = parts.tokenizer
         self.pad_id = vla.spec.pad_token_id
-        self.oft_stats = OFTStats.load(root / "dataset_statistics.json", cfg.unnorm_key)
-        self.proprio_proj = load_component(OFTProprioProjector(self.hidden_size, cfg.proprio_dim),
-                                           find_component(root, "proprio_projector"), dtype)
+        self.oft_stats = parts.stats
+        self.proprio_proj = parts.proprio
         self.object_proj = (StateProjector(cfg.object_pos_dim, self.hidden_size).to(dtype)
                             if cfg.use_object_pos else None)
         self._ids_cache: dict[str, list[int]] = {}
 
     @property
     def core(self) -> nn.Module:
-        """The OpenVLA network inside the peft wrapper."""
-        return self.vla.get_base_model()
+        """The OpenVLA network (inside the peft wrapper when LoRA is on)."""
+        return self.vla.get_base_model() if hasattr(self.vla, "get_base_model") else self.vla
 
     @property
     def dtype(self) -> torch.dtype:

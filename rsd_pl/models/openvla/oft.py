@@ -197,19 +197,3 @@ class OFTPolicyModel(nn.Module):
             out[index] = self.action_head(hidden[:, start : start + ACTION_SLOTS]).float().cpu()
         return out
 
-
-def load_oft_policy(root: str | Path, dtype: torch.dtype = torch.bfloat16, unnorm_key: str | None = None,
-                    vla: OpenVLA | None = None) -> OFTPolicyModel:
-    """The `oft` baseline from an OpenVLA-OFT checkpoint directory (native network, the checkpoint's head,
-    proprio projector, statistics, tokenizer and processor values). `vla` reuses an already loaded network."""
-    from rsd_pl.models.openvla.model import load_openvla, load_tokenizer
-    from rsd_pl.models.openvla.preprocess import load_tower_normalization
-
-    root = Path(root)
-    head_path, proprio_path = find_component(root, "action_head"), find_component(root, "proprio_projector")
-    normalization = load_tower_normalization(root / "preprocessor_config.json")
-    stats = OFTStats.load(root / "dataset_statistics.json", unnorm_key)
-    vla = vla if vla is not None else load_openvla(root, dtype)
-    head = load_component(L1ActionHead(vla.hidden_size), head_path, dtype)
-    proprio = load_component(OFTProprioProjector(vla.hidden_size), proprio_path, dtype)
-    return OFTPolicyModel(vla, TowerNormalize(normalization), head, proprio, stats, load_tokenizer(root)).eval()

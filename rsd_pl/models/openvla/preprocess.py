@@ -28,7 +28,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import simplejpeg
 import torch
 from PIL import Image
 
@@ -123,6 +122,8 @@ def jpeg_round_trip(image: np.ndarray) -> np.ndarray:
     """`tf.io.decode_image(tf.image.encode_jpeg(image))`: uint8 [H, W, 3] -> uint8 [H, W, 3]."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
+    import simplejpeg  # here, not at the top: timing the network (bench) needs no JPEG codec
+
     return simplejpeg.decode_jpeg(buf.getvalue(), colorspace="RGB", fastdct=True, fastupsample=False)
 
 
