@@ -219,10 +219,18 @@ def test_mismatched_lineage_and_unknown_names_are_refused(tmp_path, tiny_registr
         loop.load_models(_cfg(tmp_path, registry=str(tiny_registry), **overrides))
 
 
-@pytest.mark.parametrize("path", ["configs/eval_libero_spatial.yaml", "configs/eval_libero_spatial_cpu.yaml"])
+@pytest.mark.parametrize("path", ["configs/eval_libero_spatial.yaml", "configs/eval_libero_spatial_cpu.yaml",
+                                  "configs/quickstart/eval.yaml", "configs/eval_openvla_libero_spatial.yaml"])
 def test_shipped_configs_parse_and_validate(path):
+    """Every shipped eval config runs the strongest AR baseline (ar_exit) next to speculative."""
     from pathlib import Path
 
     cfg = loop.parse_config(["--config", str(Path(__file__).parent.parent / path)])
     loop.validate_config(cfg)
-    assert cfg.modes == ["l1", "parallel", "ar", "speculative"] and cfg.draft == "draft@best"
+    assert cfg.modes[-3:] == ["ar", "ar_exit", "speculative"] and cfg.draft == "draft@best"
+    assert cfg.reference_mode in cfg.modes and cfg.decoding.exit_bound == 0.05
+
+
+def test_reference_mode_must_be_evaluated(tmp_path):
+    with pytest.raises(RsdError, match="reference_mode='ar' is not one of modes"):
+        loop.validate_config(_cfg(tmp_path, modes=["l1", "parallel"]))

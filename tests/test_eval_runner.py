@@ -18,14 +18,15 @@ class StubEnv:
 
     def __init__(self, succeed_at: int | None, images: bool = False) -> None:
         self.succeed_at, self.images = succeed_at, images
-        self.steps, self.actions, self.resets = 0, [], []
+        self.steps, self.actions, self.resets, self.renders = 0, [], [], []
 
     def reset(self, init_state_index: int, wait: bool = True) -> dict:
         self.resets.append((init_state_index, wait))
         self.steps = 0
         return {"t": 0}
 
-    def step(self, action: np.ndarray):
+    def step(self, action: np.ndarray, render: bool = True):
+        self.renders.append(render)
         self.actions.append(action)
         self.steps += 1
         return {"t": self.steps}, 0.0, False, {}
@@ -42,7 +43,7 @@ class StubEnv:
         frame[-1, -1] = 200  # bottom-right as rendered = top-left once upright
         return {"agentview_rgb": frame, "eye_in_hand_rgb": frame, "ee_pos": np.zeros(3)}
 
-    def batch(self, obs: dict, image_size: int) -> dict:
+    def batch(self, obs: dict, image_size: int, image_pipeline: str = "resize") -> dict:
         return {"proprio": torch.zeros(1, 8), "instruction": [self.instruction]}
 
 
@@ -67,6 +68,10 @@ class StubPolicy:
             self.stats.add(stats)
         self.calls += 1
         return torch.tensor([0.1, 0, 0, 0, 0, 0, -1.0])
+
+    @property
+    def will_query(self) -> bool:
+        return self.calls % 8 == 0
 
 
 def _run(env, policy, max_steps=20, **kw):
@@ -141,3 +146,13 @@ def test_to_env_action_flattens_and_checks():
     assert to_env_action(torch.ones(1, 7)).shape == (7,)
     with pytest.raises(ValueError, match="non-finite"):
         to_env_action(np.array([0, 0, 0, 0, 0, 0, np.nan]))
+
+
+def test_frames_are_taken_only_in_the_step_before_a_query():
+    """The env renders the step whose observation the next chunk is decoded from (as demos store it)."""
+    env = StubEnv(succeed_at=None)
+    _run(env, StubPolicy(), max_steps=20)
+    assert [i for i, render in enumerate(env.renders) if render] == [7, 15]
+    env = StubEnv(succeed_at=None, images=True)
+    _run(env, StubPolicy(), max_steps=10, record_frames=True)
+    assert all(env.renders)  # a video needs every frame

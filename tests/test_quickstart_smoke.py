@@ -33,10 +33,10 @@ def test_quickstart_smoke_end_to_end(tmp_path):
     report = json.loads((tmp_path / "runs" / "eval" / "report.json").read_text())
     assert "speculative" in first and (tmp_path / "runs" / "eval" / "report.md").is_file()
     lines = (tmp_path / "runs" / "eval" / "episodes.jsonl").read_text().splitlines()
-    assert sorted(json.loads(line)["mode"] for line in lines) == ["ar", "l1", "parallel", "speculative"]
+    assert sorted(json.loads(line)["mode"] for line in lines) == ["ar", "ar_exit", "l1", "parallel", "speculative"]
     assert report  # a report was built from those episodes
     # a second run reuses the registry (no retraining) and the finished episodes
     second = _run(tmp_path)
     assert second.count("skipped, ") == 3 and "already in" in second
-    assert len((tmp_path / "runs" / "eval" / "episodes.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "runs" / "eval" / "episodes.jsonl").read_text().splitlines()) == 5
     assert registry.resolve("main@latest").version == main.version

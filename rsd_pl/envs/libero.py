@@ -6,6 +6,7 @@ cheap. Rendering uses `MUJOCO_GL=egl` (CPU Mesa) unless the caller set something
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -84,16 +85,12 @@ SHADOWS = False
 """Default render setting of collection and evaluation (see LiberoEnv); demo files record it."""
 
 
-def env_kwargs(camera_size: int | None, cameras: Sequence[str], render_every_step: bool = True) -> dict:
-    """The robosuite keyword arguments of a LiberoEnv.
-
-    `render_every_step=False` keeps the offscreen renderer but takes no camera observation in
-    `step`: frames are rendered on demand by `LiberoEnv.record` / `LiberoEnv.batch` (a policy that
-    executes 8-step chunks open loop needs one frame per chunk, not one per step).
-    """
+def env_kwargs(camera_size: int | None, cameras: Sequence[str]) -> dict:
+    """The robosuite keyword arguments of a LiberoEnv (camera observations on whenever there are cameras;
+    LiberoEnv decides per step whether they really render)."""
     names = [CAMERAS[c][0] for c in cameras] if camera_size is not None else []
     kwargs = {"controller": "OSC_POSE", "control_freq": 20, "hard_reset": False, "camera_names": names,
-              "has_offscreen_renderer": bool(names), "use_camera_obs": bool(names) and render_every_step}
+              "has_offscreen_renderer": bool(names), "use_camera_obs": bool(names)}
     if names:
         kwargs.update(camera_heights=camera_size, camera_widths=camera_size)
     return kwargs
@@ -112,7 +109,10 @@ class LiberoEnv:
         about 1.6x faster without them (measured 7.2 -> 11.9 steps/s, one 64 px camera). Demos record
         the setting in `env_args`, so collection and evaluation render the same way; turn it on to
         match the official LIBERO datasets' look.
-        render_every_step: False renders camera frames only when `record`/`batch` ask for them."""
+        render_every_step: False renders camera frames only in the steps that ask for them
+        (`step(action, render=True)`, and the last wait step of `reset`). The frames are still taken by
+        robosuite's own camera observables, at the same physics substep as in a step that renders every
+        time (what `collect` stores): only the other steps' renders are skipped (`_gate_cameras`)."""
         spec = suite_spec(suite)
         check_index(f"task id for {suite}", task_id, spec.num_tasks)
         unknown = [c for c in cameras if c not in CAMERAS]
@@ -129,10 +129,14 @@ class LiberoEnv:
         self.init_states = _benchmark(suite).get_task_init_states(task_id)  # (num_init_states, S)
         self.cameras = tuple(cameras) if camera_size is not None else ()
         self.camera_size = camera_size
-        kwargs = env_kwargs(camera_size, self.cameras, render_every_step)
+        kwargs = env_kwargs(camera_size, self.cameras)
         self._env = ControlEnv(bddl_file_name=self.bddl_file, **kwargs)
         self._env.seed(seed)
         self.shadows = shadows
+        self.render_every_step = render_every_step
+        self._render_now = True  # whether the camera observables render in the current step
+        self._frames_real = False  # whether the last returned obs holds rendered frames
+        self._gate_cameras()
         self.goal: list[list[str]] = [list(g) for g in self._env.env.parsed_problem["goal_state"]]
 
     # --- facts -------------------------------------------------------------------------------
@@ -160,18 +164,53 @@ class LiberoEnv:
         check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
                     self.num_init_states)
         self._env.reset()
+        self._reset_gripper_commands()
         self._set_render_flags()
+        self._render_now = self.render_every_step or not wait
         obs = self._env.set_init_state(self.init_states[init_state_index])
-        for _ in range(WAIT_STEPS if wait else 0):
-            obs, _, _, _ = self._env.step(WAIT_ACTION.copy())
+        self._frames_real = self._render_now
+        for i in range(WAIT_STEPS if wait else 0):
+            obs, _, _, _ = self.step(WAIT_ACTION.copy(), render=i == WAIT_STEPS - 1)
         return obs
 
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
-        """One env step with a 7-D action in [-1, 1] (OSC_POSE deltas, gripper -1 open / +1 close)."""
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, dict]:
+        """One env step with a 7-D action in [-1, 1] (OSC_POSE deltas, gripper -1 open / +1 close).
+        render: take this step's camera frames (always when render_every_step; a policy executing chunks
+        open loop needs them only in the step before its next query)."""
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (7,):
             raise ValueError(f"expected a 7-D action, got shape {action.shape}")
-        return self._env.step(action)
+        self._render_now = self.render_every_step or render
+        out = self._env.step(action)
+        self._frames_real = self._render_now
+        return out
+
+    def _reset_gripper_commands(self) -> None:
+        """A soft reset (hard_reset=False) keeps robosuite's gripper command (`gripper.current_action`, which
+        each step moves by speed x sign(action)): an episode would start from the gripper state the previous
+        one left. Zero it, as a freshly built env has it. The arm controller is rebuilt by the reset itself
+        and the physics data zeroed (mj_resetData), so nothing else carries over."""
+        for robot in self.raw.robots:
+            if robot.has_gripper:
+                robot.gripper.current_action = np.zeros(robot.gripper.dof)
+
+    def _gate_cameras(self) -> None:
+        """Wrap the camera observables' sensors: they render only while `_render_now`, else return a blank.
+        The observables' sampling timers run every step either way, so a rendered frame is taken at exactly
+        the substep where an every-step render takes it (robosuite samples cameras inside `step`, not at
+        its end). No library offers this; it is a few lines over robosuite's Observable."""
+        for camera in self.cameras:
+            observable = self.raw._observables.get(f"{CAMERAS[camera][0]}_image")
+            if observable is None:
+                continue
+            sensor = observable._sensor
+            blank = np.zeros((self.camera_size, self.camera_size, 3), dtype=np.uint8)
+
+            @functools.wraps(sensor)  # keeps robosuite's sensor attributes (__modality__)
+            def gated(obs_cache, sensor=sensor, blank=blank):
+                return sensor(obs_cache) if self._render_now else blank
+
+            observable._sensor = gated
 
     def _set_render_flags(self) -> None:
         """Shadows/reflections on the offscreen context (robosuite may rebuild it on reset)."""
@@ -185,9 +224,10 @@ class LiberoEnv:
 
     def frame(self, obs: dict, camera: str) -> np.ndarray:
         """Raw frame uint8 (S, S, 3) of a camera, upside down as LIBERO renders: taken from `obs`
-        when the step rendered it, else rendered now from the current simulator state."""
+        when the step rendered it, else rendered now from the current simulator state (end of the
+        step: about 2% of pixels differ from the step's own frame, see `_gate_cameras`)."""
         name = CAMERAS[camera][0]
-        if f"{name}_image" in obs:
+        if f"{name}_image" in obs and self._frames_real:
             return np.asarray(obs[f"{name}_image"], dtype=np.uint8)
         size = self.camera_size
         return np.asarray(self.raw.sim.render(camera_name=name, width=size, height=size), dtype=np.uint8)

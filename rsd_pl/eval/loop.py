@@ -61,7 +61,10 @@ class EvalConfig:
     num_trials: int = 50
     """Trials per task: benchmark init states 0 .. num_trials-1."""
     modes: list[str] = field(default_factory=lambda: list(RSD_MODES))
-    """Decoding modes, each evaluated on the same episodes: oft, l1, parallel, ar, speculative."""
+    """Decoding modes, each evaluated on the same episodes: oft, l1, parallel, ar, ar_exit, speculative."""
+    reference_mode: str = "ar"
+    """The mode every other mode is compared with in the report (paired exact McNemar test, difference in
+    success with its interval); must be one of `modes`."""
     oft_checkpoint: str | None = None
     """`oft` mode: a local OpenVLA-OFT checkpoint directory (e.g. openvla-7b-oft-finetuned-libero-spatial);
     null = the main model's backbone.path (an openvla main model). OFT's own weights, head and proprio
@@ -124,6 +127,9 @@ def validate_config(cfg: EvalConfig) -> None:
         raise RsdError(f"modes={cfg.modes}: must be a non-empty list of {MODES}")
     if len(set(cfg.modes)) != len(cfg.modes):
         raise RsdError(f"modes={cfg.modes}: a mode is listed twice")
+    if cfg.reference_mode not in cfg.modes:
+        raise RsdError(f"reference_mode={cfg.reference_mode!r} is not one of modes={cfg.modes}: the report "
+                       "compares every mode with it on the same episodes")
     if not cfg.main and any(m in RSD_MODES for m in cfg.modes):
         raise RsdError(f"modes={cfg.modes} include RSD modes, which need a main model: set main (e.g. main@best) "
                        "or evaluate only modes=[oft]")
@@ -316,7 +322,7 @@ def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsS
     if not trainer.is_global_zero:
         return None
     merge_rank_files(out_dir)
-    return write_report(out_dir, tensorboard_dir=out_dir / "tensorboard")
+    return write_report(out_dir, tensorboard_dir=out_dir / "tensorboard", reference_mode=cfg.reference_mode)
 
 
 # --- loading from the registry (everything checked before the first episode) ---------------------

@@ -36,6 +36,12 @@ class RSDPolicy:
     def mode(self) -> str:
         return self.engine.config.mode
 
+    @property
+    def will_query(self) -> bool:
+        """Whether the next `select_action` queries the engine (the current chunk is used up): the env
+        must then render this step's camera frames."""
+        return not self._queue
+
     def reset(self) -> None:
         """Start of an episode: drop queued actions (statistics are kept, see `stats`)."""
         self._queue.clear()

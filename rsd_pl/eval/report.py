@@ -1,16 +1,34 @@
-"""The episode log and the evaluation report: success per task / suite / mode, latency, main forwards,
-acceptance.
+"""The episode log and the evaluation report: success per task / suite / mode with intervals, paired
+tests between modes, latency and speedup with intervals, main forwards, acceptance.
 
 Input is the episode log written by the evaluation loop (`<out>/episodes.jsonl`, one JSON object
 per finished episode, fields of `rsd_pl.eval.runner.EpisodeResult`). Output: a printed table,
-`report.json`, `report.md`, and TensorBoard scalars under `eval/<mode>/...`.
+`report.json`, `report.md`, `eval_info.json`, PNGs under `plots/`, and TensorBoard scalars
+(`eval/<mode>/...`) and images (`eval/plots/...`).
 
-Counting rules (DESIGN.md section 6):
+Counting rules (DESIGN.md section 6; the statistics are in `rsd_pl.eval.stats`):
 - `trials` counts every recorded episode, errors included; `successes` only those the environment
   reported as successful. A timeout is a failure; an error is a failure counted separately.
+  Every success rate carries a Wilson 95% interval (`success_ci`, fractions).
+- Paired tests: each mode against `reference_mode` (default `ar`) on the episodes both ran (same
+  suite, task and trial): difference in success rate with Newcombe's 95% interval, exact McNemar
+  p-value, and a verdict ("within noise" when the interval holds 0 or p >= 0.05). A reference mode
+  missing from the log is said in the report, and the paired columns are left out.
 - Latency percentiles pool the per-chunk latencies of all episodes of a mode.
-- Speedup of `speculative` over `ar` is `ar / speculative` of the mean and of the p50 chunk
-  latency, both taken from the same run (the same episode log).
+- `speedup`: `ar / speculative` of the mean and p50 chunk latency over all episodes of the run.
+  `speedups`: `speculative` against each of `ar`, `ar_exit`, `parallel` present, on the paired
+  episodes, with percentile-bootstrap 95% intervals (episodes resampled, fixed seed).
+
+`eval_info.json` follows LeRobot's `lerobot-eval` (plain `json.load`):
+    {"mode": <reference mode, or the first mode when it is absent>,
+     "per_episode": [...], "aggregated": {...},             # that mode, where a LeRobot reader looks
+     "per_group": {<suite>: {...}}, "overall": {...},       # the same in lerobot-eval's multi-task keys
+     "per_mode": {<mode>: {"per_episode": [...], "aggregated": {...}, "per_group": {<suite>: {...}}}}}
+per_episode: {episode_ix, success, sum_reward, max_reward (1/0 from success: LIBERO's reward is the
+success flag), seed, task_group (suite), task_id, task (instruction), trial, mode, status, steps,
+eval_s (wall_s)}, episodes ordered by (suite, task_id, trial). aggregated / per_group: {pc_success,
+pc_success_ci_low, pc_success_ci_high (Wilson 95%, percent), avg_sum_reward, avg_max_reward,
+n_episodes, eval_s (sum of the episodes' wall_s, not the run's elapsed time), eval_ep_s (mean wall_s)}.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ from typing import Any
 
 from rsd_pl.decoding.config import MODES
 from rsd_pl.errors import RsdError
+from rsd_pl.eval.stats import paired_comparisons, speedups, succeeded, wilson_interval
 
 EPISODES_FILE = "episodes.jsonl"
 RANK_FILE_GLOB = "episodes.rank*.jsonl"
@@ -123,12 +142,12 @@ def _mean(values: list[float]) -> float:
 def success_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
     """successes / trials with timeouts and errors counted separately."""
     trials = len(records)
-    successes = sum(1 for r in records if r["status"] == "success" and r["success"])
+    successes = sum(1 for r in records if succeeded(r))
     timeouts = sum(1 for r in records if r["status"] == "timeout")
     errors = sum(1 for r in records if r["status"] == "error")
     rate = successes / trials if trials else math.nan
     return {"successes": successes, "trials": trials, "timeouts": timeouts, "errors": errors,
-            "success_rate": rate}
+            "success_rate": rate, "success_ci": list(wilson_interval(successes, trials))}
 
 
 def acceptance_by_depth(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -221,10 +240,12 @@ def speedup(modes: dict[str, dict[str, Any]], fast: str = "speculative", slow: s
                                         fast: modes[fast]["main_forwards_per_chunk"]}}
 
 
-def build_report(records: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(records: list[dict[str, Any]], reference_mode: str = "ar") -> dict[str, Any]:
     """The report as a JSON-ready dict (see module docstring for the counting rules)."""
     if not records:
         raise RsdError("no finished episodes to report on (the episode log is empty)")
+    if reference_mode not in MODES:
+        raise RsdError(f"reference mode {reference_mode!r} is not one of {MODES}")
     modes = {mode: mode_summary(rs) for (mode,), rs in _group(records, "mode").items()}
     suites = [{"mode": mode, "suite": suite, **success_counts(rs)}
               for (mode, suite), rs in _group(records, "mode", "suite").items()]
@@ -235,7 +256,8 @@ def build_report(records: list[dict[str, Any]]) -> dict[str, Any]:
                "error": (r.get("error") or "").strip().splitlines()[-1:]}
               for r in records if r["status"] == "error"]
     return {"episodes": len(records), "modes": modes, "suites": suites, "tasks": tasks,
-            "speedup": speedup(modes), "errors": errors}
+            "paired": paired_comparisons(records, list(modes), reference_mode),
+            "speedup": speedup(modes), "speedups": speedups(records, modes), "errors": errors}
 
 
 def _fmt(value: float, spec: str = ".1f") -> str:
@@ -250,12 +272,32 @@ def _rate(row: dict[str, Any]) -> str:
     return f"{row['successes']}/{row['trials']} ({_fmt(100 * row['success_rate'])}%)"
 
 
+def _rate_ci(row: dict[str, Any]) -> str:
+    """'12/16 (75.0%, 95% CI 50.5-89.8)'."""
+    if not row["trials"]:
+        return _rate(row)
+    low, high = row["success_ci"]
+    return (f"{row['successes']}/{row['trials']} ({_fmt(100 * row['success_rate'])}%, "
+            f"95% CI {_fmt(100 * low)}-{_fmt(100 * high)})")
+
+
+def _points(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:+.1f}"
+
+
+def _p_value(p: float) -> str:
+    return "-" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """Markdown tables: modes, suites, tasks, acceptance by depth, speedup, errors."""
-    lines = ["# Evaluation report", "", f"{report['episodes']} episodes.", "",
-             "| mode | success | timeouts | errors | chunks | latency mean ms | p50 ms | p95 ms "
-             "| main fwd/chunk | draft fwd/chunk | acceptance | decoding |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: success with intervals and paired tests, decoding cost, speedups, plots, suites,
+    tasks, acceptance by depth, errors."""
+    lines = ["# Evaluation report", "", f"{report['episodes']} episodes. Success rates with Wilson 95% intervals."]
+    lines += _success_lines(report["modes"], report["paired"])
+    lines += ["", "## Decoding cost", "",
+              "| mode | success | timeouts | errors | chunks | latency mean ms | p50 ms | p95 ms "
+              "| main fwd/chunk | draft fwd/chunk | acceptance | decoding |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in report["modes"].items():
         lat = m["latency_ms"]
         lines.append(f"| {mode} | {_rate(m)} | {m['timeouts']} | {m['errors']} | {m['chunks']} "
@@ -263,26 +305,76 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {_fmt(m['main_forwards_per_chunk'], '.2f')} "
                      f"| {_fmt(m['draft_forwards_per_chunk'], '.2f')} "
                      f"| {_pct(m['acceptance_rate'])} | {m['decoding']} |")
-    lines += ["", "| mode | suite | success | timeouts | errors |", "|---|---|---|---|---|"]
-    lines += [f"| {s['mode']} | {s['suite']} | {_rate(s)} | {s['timeouts']} | {s['errors']} |"
+    lines += _speedups_lines(report["speedups"]) + _speedup_lines(report["speedup"])
+    lines += _plot_lines(report.get("plots") or {})
+    lines += ["", "## Per suite", "", "| mode | suite | success | timeouts | errors |", "|---|---|---|---|---|"]
+    lines += [f"| {s['mode']} | {s['suite']} | {_rate_ci(s)} | {s['timeouts']} | {s['errors']} |"
               for s in report["suites"]]
-    lines += ["", "| mode | suite | task | name | success | timeouts | errors |",
+    lines += ["", "## Per task", "", "| mode | suite | task | name | success | timeouts | errors |",
               "|---|---|---|---|---|---|---|"]
-    lines += [f"| {t['mode']} | {t['suite']} | {t['task_id']} | {t['task_name']} | {_rate(t)} "
+    lines += [f"| {t['mode']} | {t['suite']} | {t['task_id']} | {t['task_name']} | {_rate_ci(t)} "
               f"| {t['timeouts']} | {t['errors']} |" for t in report["tasks"]]
-    lines += _acceptance_lines(report["modes"]) + _speedup_lines(report["speedup"])
+    lines += _acceptance_lines(report["modes"])
     if report["errors"]:
-        lines += ["", "Errors (last traceback line):", ""]
+        lines += ["", "## Errors (last traceback line)", ""]
         lines += [f"- {e['mode']} {e['suite']} task {e['task_id']} trial {e['trial']}: "
                   f"{' '.join(e['error'])}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _success_lines(modes: dict[str, dict[str, Any]], paired: dict[str, Any]) -> list[str]:
+    """Success per mode; with the reference present, the paired difference, McNemar p and verdict."""
+    ref = paired["reference_mode"]
+    if not paired["reference_present"]:
+        return ["", "## Success", "", f"Note: {paired['note']}.", "", "| mode | success |", "|---|---|",
+                *[f"| {mode} | {_rate_ci(m)} |" for mode, m in modes.items()]]
+    lines = ["", "## Success", "",
+             f"Paired against `{ref}` on the episodes both modes ran (same suite, task, trial): difference "
+             "in points with Newcombe's 95% interval, exact McNemar p on the discordant episodes.", "",
+             f"| mode | success | paired episodes | difference vs {ref} (95% CI) | only mode / only {ref} "
+             "| McNemar p | verdict |", "|---|---|---|---|---|---|---|"]
+    for mode, m in modes.items():
+        if mode == ref:
+            lines.append(f"| {mode} | {_rate_ci(m)} | reference | | | | |")
+            continue
+        t = paired["modes"][mode]
+        lines.append(f"| {mode} | {_rate_ci(m)} | {t['episodes']} | {_points(t['difference'])} "
+                     f"({_points(t['ci_low'])} to {_points(t['ci_high'])}) | {t['mode_only']} / {t['reference_only']} "
+                     f"| {_p_value(t['p_value'])} | {t['verdict']} |")
+    return lines
+
+
+def _speedups_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    fast = rows[0]["fast"]
+    lines = ["", f"## Speedup of {fast}", "",
+             f"Chunk latency of the baseline / {fast}, same run, on the episodes both ran; 95% intervals "
+             "from a bootstrap over episodes.", "",
+             "| against | episodes | mean latency ratio (95% CI) | p50 latency ratio (95% CI) | main fwd/chunk |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        forwards = r["main_forwards_per_chunk"]
+        lines.append(f"| {r['slow']} | {r['episodes']} "
+                     f"| {_fmt(r['mean_latency_ratio'], '.2f')}x ({_fmt(r['mean_ci'][0], '.2f')}-"
+                     f"{_fmt(r['mean_ci'][1], '.2f')}) | {_fmt(r['p50_latency_ratio'], '.2f')}x "
+                     f"({_fmt(r['p50_ci'][0], '.2f')}-{_fmt(r['p50_ci'][1], '.2f')}) "
+                     f"| {_fmt(forwards[r['slow']], '.2f')} -> {_fmt(forwards[fast], '.2f')} |")
+    return lines
+
+
+def _plot_lines(plots: dict[str, str]) -> list[str]:
+    lines = ["", "## Plots", ""] if plots else []
+    for title, path in plots.items():
+        lines += [f"![{title}]({path})", ""]
+    return lines[:-1]
 
 
 def _acceptance_lines(modes: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for mode, m in modes.items():
         if m["acceptance_by_depth"]:
-            lines += ["", f"Acceptance by draft depth ({mode}):", "",
+            lines += ["", f"## Acceptance by draft depth ({mode})", "",
                       "| depth | proposed | accepted | rate |", "|---|---|---|---|"]
             lines += [f"| {row['depth']} | {row['proposed']} | {row['accepted']} "
                       f"| {_pct(row['rate'])} |" for row in m["acceptance_by_depth"]]
@@ -293,7 +385,7 @@ def _speedup_lines(ratio: dict[str, Any] | None) -> list[str]:
     if ratio is None:
         return []
     forwards = ratio["main_forwards_per_chunk"]
-    return ["", f"Speedup {ratio['fast']} over {ratio['slow']} (same run): "
+    return ["", f"Speedup {ratio['fast']} over {ratio['slow']} (same run, all episodes): "
             f"{_fmt(ratio['mean_latency_ratio'], '.2f')}x mean latency, "
             f"{_fmt(ratio['p50_latency_ratio'], '.2f')}x p50 latency; main forwards per chunk "
             f"{_fmt(forwards[ratio['slow']], '.2f')} -> {_fmt(forwards[ratio['fast']], '.2f')}."]
@@ -313,8 +405,10 @@ def _json_safe(value: Any) -> Any:
 def tensorboard_scalars(report: dict[str, Any]) -> dict[str, float]:
     """Flat `eval/<mode>/...` scalars (NaNs left out)."""
     scalars: dict[str, float] = {}
+    ref = report["paired"]["reference_mode"]
     for mode, m in report["modes"].items():
         scalars[f"eval/{mode}/success_rate"] = m["success_rate"]
+        scalars[f"eval/{mode}/success_ci_low"], scalars[f"eval/{mode}/success_ci_high"] = m["success_ci"]
         scalars[f"eval/{mode}/errors"] = m["errors"]
         scalars[f"eval/{mode}/latency_mean_ms"] = m["latency_ms"]["mean"]
         scalars[f"eval/{mode}/latency_p50_ms"] = m["latency_ms"]["p50"]
@@ -323,15 +417,29 @@ def tensorboard_scalars(report: dict[str, Any]) -> dict[str, float]:
         scalars[f"eval/{mode}/acceptance_rate"] = m["acceptance_rate"]
         for row in m["acceptance_by_depth"]:
             scalars[f"eval/{mode}/acceptance_depth_{row['depth']}"] = row["rate"]
+    for mode, t in report["paired"]["modes"].items():
+        scalars[f"eval/{mode}/success_diff_vs_{ref}"] = t["difference"]
+        scalars[f"eval/{mode}/success_diff_vs_{ref}_ci_low"] = t["ci_low"]
+        scalars[f"eval/{mode}/success_diff_vs_{ref}_ci_high"] = t["ci_high"]
+        scalars[f"eval/{mode}/mcnemar_p_vs_{ref}"] = t["p_value"]
     for s in report["suites"]:
         scalars[f"eval/{s['mode']}/{s['suite']}/success_rate"] = s["success_rate"]
+        scalars[f"eval/{s['mode']}/{s['suite']}/success_ci_low"] = s["success_ci"][0]
+        scalars[f"eval/{s['mode']}/{s['suite']}/success_ci_high"] = s["success_ci"][1]
     if report["speedup"]:
         scalars["eval/speculative/speedup_over_ar_mean"] = report["speedup"]["mean_latency_ratio"]
         scalars["eval/speculative/speedup_over_ar_p50"] = report["speedup"]["p50_latency_ratio"]
-    return {k: float(v) for k, v in scalars.items() if not math.isnan(float(v))}
+    for r in report["speedups"]:
+        for stat in ("mean", "p50"):
+            tag = f"eval/{r['fast']}/speedup_over_{r['slow']}_{stat}"
+            scalars.setdefault(tag, r[f"{stat}_latency_ratio"])  # ar: the all-episode value above
+            scalars[f"{tag}_ci_low"], scalars[f"{tag}_ci_high"] = r[f"{stat}_ci"]
+    return {k: float(v) for k, v in scalars.items() if v is not None and not math.isnan(float(v))}
 
 
-def log_tensorboard(report: dict[str, Any], log_dir: str | Path, step: int = 0) -> None:
+def log_tensorboard(report: dict[str, Any], log_dir: str | Path, step: int = 0,
+                    images: dict[str, Path] | None = None) -> None:
+    """Scalars, the markdown report as text, and `images` (title -> PNG path) as `eval/plots/<stem>`."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(log_dir))
@@ -339,18 +447,65 @@ def log_tensorboard(report: dict[str, Any], log_dir: str | Path, step: int = 0) 
         for tag, value in tensorboard_scalars(report).items():
             writer.add_scalar(tag, value, global_step=step)
         writer.add_text("eval/report", markdown(report), global_step=step)
+        if images:
+            from rsd_pl.eval.plots import log_images
+
+            log_images(writer, images, step)
     finally:
         writer.close()
 
 
-def write_report(out_dir: str | Path, tensorboard_dir: str | Path | None = None) -> dict[str, Any]:
-    """Read `<out_dir>` episodes, write report.json / report.md, log TensorBoard, print the tables."""
+def _lerobot_block(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """LeRobot's per_episode / aggregated / per_group for the records of one mode (layout: module docstring)."""
+    ordered = sorted(records, key=lambda r: (r["suite"], int(r["task_id"]), int(r["trial"])))
+    per_episode = [{"episode_ix": i, "success": succeeded(r), "sum_reward": float(succeeded(r)),
+                    "max_reward": float(succeeded(r)), "seed": r.get("seed"), "task_group": r["suite"],
+                    "task_id": int(r["task_id"]), "task": r.get("instruction") or r.get("task_name", ""),
+                    "trial": int(r["trial"]), "mode": r["mode"], "status": r["status"],
+                    "steps": int(r.get("steps", 0)), "eval_s": float(r.get("wall_s") or 0.0)}
+                   for i, r in enumerate(ordered)]
+    by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for episode in per_episode:
+        by_suite[episode["task_group"]].append(episode)
+    return {"per_episode": per_episode, "aggregated": _lerobot_aggregate(per_episode),
+            "per_group": {suite: _lerobot_aggregate(episodes) for suite, episodes in by_suite.items()}}
+
+
+def _lerobot_aggregate(per_episode: list[dict[str, Any]]) -> dict[str, Any]:
+    successes, n = sum(e["success"] for e in per_episode), len(per_episode)
+    low, high = wilson_interval(successes, n)
+    eval_s = sum(e["eval_s"] for e in per_episode)
+    return {"avg_sum_reward": successes / n, "avg_max_reward": successes / n, "pc_success": 100 * successes / n,
+            "pc_success_ci_low": 100 * low, "pc_success_ci_high": 100 * high, "ci": "Wilson 95%",
+            "n_episodes": n, "eval_s": eval_s, "eval_ep_s": eval_s / n}
+
+
+def lerobot_eval_info(records: list[dict[str, Any]], reference_mode: str = "ar") -> dict[str, Any]:
+    """`eval_info.json` in LeRobot's field names, one block per mode (layout: module docstring)."""
+    per_mode = {mode: _lerobot_block(rs) for (mode,), rs in _group(records, "mode").items()}
+    top = reference_mode if reference_mode in per_mode else next(iter(per_mode))
+    block = per_mode[top]
+    return {"mode": top, "per_episode": block["per_episode"], "aggregated": block["aggregated"],
+            "per_group": block["per_group"], "overall": block["aggregated"], "per_mode": per_mode}
+
+
+def write_report(out_dir: str | Path, tensorboard_dir: str | Path | None = None,
+                 reference_mode: str = "ar") -> dict[str, Any]:
+    """Read `<out_dir>` episodes; write report.json / report.md / eval_info.json and plots/*.png; log
+    TensorBoard scalars and images when `tensorboard_dir` is given; print the markdown."""
+    from rsd_pl.eval.plots import write_plots
+
     out_dir = Path(out_dir)
-    report = build_report(read_episodes(out_dir))
+    records = read_episodes(out_dir)
+    report = build_report(records, reference_mode)
+    images = write_plots(report, records, out_dir / "plots")
+    report["plots"] = {title: path.relative_to(out_dir).as_posix() for title, path in images.items()}
     (out_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    (out_dir / "eval_info.json").write_text(json.dumps(_json_safe(lerobot_eval_info(records, reference_mode)),
+                                                       indent=2) + "\n")
     text = markdown(report)
     (out_dir / "report.md").write_text(text)
     if tensorboard_dir is not None:
-        log_tensorboard(report, tensorboard_dir)
+        log_tensorboard(report, tensorboard_dir, images=images)
     print(text)
     return report

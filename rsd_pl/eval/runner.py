@@ -40,7 +40,7 @@ class EpisodeEnv(Protocol):
     camera_keys: tuple[str, ...]
 
     def reset(self, init_state_index: int, wait: bool = True) -> dict: ...
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]: ...
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, dict]: ...
     def success(self) -> bool: ...
     def batch(self, obs: dict, image_size: int, image_pipeline: str = "resize") -> dict: ...
     def record(self, obs: dict) -> dict[str, np.ndarray]: ...
@@ -135,9 +135,12 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
     for _ in range(max_steps):
         if record_frames and (frame := _frame(env, obs)) is not None:
             result.frames.append(frame)
-        # the batch (and its camera frames) is built only when the policy queries its engine
+        # the batch (and its camera frames) is built only when the policy queries its engine; the env
+        # takes camera frames only in the step before a query (or every step for a video), as the step's
+        # own observation, i.e. exactly as the demonstrations stored them
         action = policy.select_action(lambda obs=obs: env.batch(obs, image_size, image_pipeline))
-        obs, _, _, _ = env.step(to_env_action(action))
+        render = record_frames or getattr(policy, "will_query", True)
+        obs, _, _, _ = env.step(to_env_action(action), render=render)
         result.steps += 1
         if env.success():
             result.success, result.status = True, "success"

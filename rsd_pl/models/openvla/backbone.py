@@ -59,7 +59,7 @@ class OpenVLABackbone(nn.Module):
         self.hidden_size = vla.hidden_size
         self.patches_per_image = vla.spec.patches_per_image
         if cfg.gradient_checkpointing:
-            vla.language_model.gradient_checkpointing_enable()
+            vla.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.vla = apply_language_lora(vla, cfg) if cfg.lora_rank > 0 else vla.requires_grad_(False)
         self.normalize = TowerNormalize(parts.normalization)
         self.text_tokenizer = parts.tokenizer
