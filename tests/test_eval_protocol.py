@@ -63,3 +63,65 @@ def test_eval_frames_equal_the_frames_collect_stores():
     assert len(stored) == len(evaluated) == 4
     for a, b in zip(stored, evaluated, strict=True):
         assert np.array_equal(a, b)
+
+
+class RecordingEngine:
+    """The real engine, recording each decoded chunk's actions (rows in batch order)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.config, self.main = engine, engine.config, engine.main
+        self.chunks: list[np.ndarray] = []
+
+    def decode_chunk(self, batch: dict):
+        result = self.engine.decode_chunk(batch)
+        self.chunks.append(np.asarray(result.actions))
+        return result
+
+
+def test_parallel_envs_give_the_same_greedy_episodes_as_one_env(tmp_path):
+    """num_envs = 2 (worker processes, observations decoded as one batch) vs one env in this process: the same
+    actions chunk for chunk, the same outcome and steps, for the greedy modes (random-weight tiny models)."""
+    import torch
+
+    from rsd_pl.data.normalize import ActionNormalizer
+    from rsd_pl.decoding import DecodingConfig, DecodingEngine
+    from rsd_pl.eval.policy import RSDPolicy
+    from rsd_pl.eval.runner import run_episode
+    from rsd_pl.eval.vector import EnvPool, EnvSpec, run_batched
+    from rsd_pl.models.backbone import BackboneConfig
+    from rsd_pl.models.main_model import MainModel, MainModelConfig
+    from rsd_pl.models.rfsq import ActionRFSQAE
+
+    torch.manual_seed(0)
+    sizes = dict(vision_hidden=16, vision_layers=1, vision_heads=2, vision_mlp=32, hidden=32, layers=1, heads=2,
+                 kv_heads=1, mlp=64)
+    main = MainModel(MainModelConfig(backbone=BackboneConfig(image_size=16, num_cameras=2, use_object_pos=True,
+                                                             max_text_len=8, extra=sizes))).eval()
+    tokenizer = ActionRFSQAE(hidden=16, num_hidden=1).eval()
+    bounds = {k: [v] * 7 for k, v in (("q01", -1.0), ("q99", 1.0), ("mean", 0.0), ("std", 1.0), ("min", -1.0),
+                                       ("max", 1.0))}
+    normalizer = ActionNormalizer.from_dict({**bounds, "mask": [True] * 6 + [False]})
+    items = [{"suite": "libero_spatial", "task_id": 0, "trial": trial, "seed": 7 + trial, "max_steps": 16,
+              "record": False} for trial in (0, 1)]
+    spec = EnvSpec(camera_size=32, cameras=("agentview", "eye_in_hand"), shadows=False, image_size=16,
+                   image_pipeline="resize")
+    for mode in ("ar", "parallel", "l1"):
+        engine = DecodingEngine(main, tokenizer, normalizer, DecodingConfig(mode=mode))
+        alone, alone_results = RecordingEngine(engine), []
+        with LiberoEnv("libero_spatial", 0, camera_size=32, render_every_step=False) as env:
+            for item in items:
+                alone_results.append(run_episode(env, RSDPolicy(alone), 16, trial=item["trial"], seed=item["seed"],
+                                                 mode=mode, image_size=16))
+        together = RecordingEngine(engine)
+        pool = EnvPool(2, spec)
+        try:
+            together_results = run_batched(pool, together, items, mode)
+        finally:
+            pool.close()
+        assert [c.shape[0] for c in together.chunks] == [2] * 2  # both envs queried together, 2 chunks
+        for episode in (0, 1):
+            single = np.concatenate([c[0] for c in alone.chunks[2 * episode: 2 * episode + 2]])
+            batched = np.concatenate([c[episode] for c in together.chunks])
+            np.testing.assert_allclose(batched, single, atol=1e-4)  # float noise of batched matmuls
+            a, b = alone_results[episode], together_results[episode]
+            assert (a.status, a.steps, a.main_forwards) == (b.status, b.steps, b.main_forwards)

@@ -95,6 +95,11 @@ class EvalConfig:
     devices: int | str = 1
     """Lightning devices per node; episodes are sharded across devices x num_nodes."""
     num_nodes: int = 1
+    num_envs: int = 1
+    """LIBERO environments per device, each in its own worker process, stepped together; the engine decodes
+    their observations as one batch (B = num_envs). 1 = one env in the evaluating process. With B > 1,
+    ar_exit and speculative decide early exit / acceptance for the whole batch (a layer is accepted only
+    when every env's is), so their latency and depth are those of batched decoding."""
     torch_threads: int | None = None
     """CPU threads for torch (null = torch's default). On a shared CPU use 1: an oversubscribed
     OpenMP pool makes chunk latencies 10-100x slower and erratic."""
@@ -139,6 +144,8 @@ def validate_config(cfg: EvalConfig) -> None:
     if not 1 <= cfg.num_trials <= INIT_STATES_PER_TASK:
         raise RsdError(f"num_trials={cfg.num_trials}: must be in 1..{INIT_STATES_PER_TASK} "
                        "(the benchmark's init states per task)")
+    if cfg.num_envs < 1:
+        raise RsdError(f"num_envs={cfg.num_envs}: must be >= 1 (LIBERO environments per device)")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise RsdError(f"torch_threads={cfg.torch_threads}: must be >= 1 or null")
     if cfg.camera_size < 1:
@@ -208,7 +215,7 @@ class EvalModule(L.LightningModule):
     device) and builds one policy per mode over the same weights, lazily, once they are placed."""
 
     def __init__(self, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec, out_dir: str | Path,
-                 camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS) -> None:
+                 camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS, num_envs: int = 1) -> None:
         super().__init__()
         self.models = models
         self.make_policy = make_policy
@@ -222,13 +229,37 @@ class EvalModule(L.LightningModule):
         self._env: Any = None
         self._env_key: tuple[str, int] | None = None
         self._log: EpisodeLog | None = None
+        self.num_envs = num_envs
+        self._pool: Any = None
 
     def on_predict_start(self) -> None:
         self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
 
-    def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """One episode (suite, task, trial, seed) in each of its pending modes; one log line per mode."""
+    def predict_step(self, item: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
+        """One episode (suite, task, trial, seed) in each of its pending modes; one log line per mode.
+        With num_envs > 1, `item` is a list of up to num_envs episodes run together (rsd_pl.eval.vector)."""
+        if isinstance(item, list):
+            return self._run_group(item)
         return [self._run_mode(item, mode) for mode in item["modes"]]
+
+    def _run_group(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each mode in turn on the episodes that still need it, one env per worker, decoded as one batch."""
+        from rsd_pl.eval.vector import EnvPool, EnvSpec, run_batched
+
+        if self._pool is None:
+            camera_size = self.camera_size if self.obs.cameras else None
+            self._pool = EnvPool(self.num_envs, EnvSpec(camera_size, tuple(self.obs.cameras), self.shadows,
+                                                        self.obs.image_size, self.obs.image_pipeline))
+        records = []
+        for mode in dict.fromkeys(m for item in items for m in item["modes"]):
+            if mode not in self._policies:
+                self._policies[mode] = self.make_policy(mode)
+            engine = self._policies[mode].engine
+            group = [item for item in items if mode in item["modes"]]
+            for result in run_batched(self._pool, engine, group, mode):
+                result.decoding = engine.config.to_dict()
+                records.append(self._log_result(result))
+        return records
 
     def _run_mode(self, item: dict[str, Any], mode: str) -> dict[str, Any]:
         env = self._env_for(item["suite"], item["task_id"])
@@ -241,10 +272,13 @@ class EvalModule(L.LightningModule):
         engine = getattr(self._policies[mode], "engine", None)
         if engine is not None:
             result.decoding = engine.config.to_dict()
-        if result.frames:
-            result.video = str(self._write_video(result))
         if result.status == "error":
             self._close_env()  # the simulator may be left in a bad state: the next episode gets a fresh env
+        return self._log_result(result)
+
+    def _log_result(self, result: EpisodeResult) -> dict[str, Any]:
+        if result.frames:
+            result.video = str(self._write_video(result))
         record = result.to_json()
         self._log.append(record)
         self._announce(result)
@@ -252,6 +286,9 @@ class EvalModule(L.LightningModule):
 
     def on_predict_end(self) -> None:
         self._close_env()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _env_for(self, suite: str, task_id: int) -> Any:
         """One env at a time, reused by the consecutive episodes (trials, modes) of a task."""
@@ -315,8 +352,10 @@ def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsS
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=cfg.progress_bar)
     if items:
-        loader = DataLoader(EpisodeDataset(items), batch_size=1, shuffle=False, collate_fn=first_item)
-        module = EvalModule(models, make_policy, obs, out_dir, cfg.camera_size, cfg.video_fps, cfg.shadows)
+        collate = first_item if cfg.num_envs == 1 else list
+        loader = DataLoader(EpisodeDataset(items), batch_size=cfg.num_envs, shuffle=False, collate_fn=collate)
+        module = EvalModule(models, make_policy, obs, out_dir, cfg.camera_size, cfg.video_fps, cfg.shadows,
+                            num_envs=cfg.num_envs)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:

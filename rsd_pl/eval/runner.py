@@ -119,7 +119,7 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
     return action
 
 
-def _frame(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
+def frame_of(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
     """The rendered cameras at render size, upright, side by side: uint8 [S, V*S, 3]; None without cameras."""
     if not env.camera_keys:
         return None
@@ -133,7 +133,7 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
     policy.reset()  # empty action queue (statistics accumulate; this episode's are sliced after)
     obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
     for _ in range(max_steps):
-        if record_frames and (frame := _frame(env, obs)) is not None:
+        if record_frames and (frame := frame_of(env, obs)) is not None:
             result.frames.append(frame)
         # the batch (and its camera frames) is built only when the policy queries its engine; the env
         # takes camera frames only in the step before a query (or every step for a video), as the step's
@@ -148,8 +148,11 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
     result.status = "timeout"
 
 
-def _add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any]) -> None:
-    """Engine statistics (`rsd_pl.decoding.stats.ChunkStats`) of the episode's chunks."""
+def add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any], shares: list[float] | None = None) -> None:
+    """Engine statistics (`rsd_pl.decoding.stats.ChunkStats`) of the episode's chunks. A chunk decoded in a
+    batch of B episodes (rsd_pl.eval.vector) counts its proposals with share 1/B here, so sums over the
+    episodes are the engine's totals; latency and forwards per chunk are the batch's (what each env waited)."""
+    shares = shares or [1.0] * len(chunk_stats)
     result.chunks = len(chunk_stats)
     result.chunk_latency_ms = [round(c.total_s * 1000.0, 4) for c in chunk_stats]
     latencies = result.chunk_latency_ms
@@ -159,8 +162,10 @@ def _add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any]) -> None:
     result.main_forwards = sum(c.main_forwards for c in chunk_stats)
     result.draft_forwards = sum(c.draft_forwards for c in chunk_stats)
     if chunk_stats:
-        result.proposed_by_depth = np.sum([c.proposed_by_depth for c in chunk_stats], axis=0).tolist()
-        result.accepted_by_depth = np.sum([c.accepted_by_depth for c in chunk_stats], axis=0).tolist()
+        for name in ("proposed_by_depth", "accepted_by_depth"):
+            total = np.sum([np.asarray(getattr(c, name), dtype=float) * share
+                            for c, share in zip(chunk_stats, shares, strict=True)], axis=0)
+            setattr(result, name, [int(v) if float(v).is_integer() else round(float(v), 4) for v in total])
 
 
 def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial: int, seed: int,
@@ -188,5 +193,5 @@ def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial
         print(f"episode {env.suite} task {env.task_id} trial {trial} mode {mode} failed:\n{result.error}",
               file=sys.stderr)
     result.wall_s = round(time.perf_counter() - start, 3)
-    _add_chunk_stats(result, policy.stats.chunks[first_chunk:])
+    add_chunk_stats(result, policy.stats.chunks[first_chunk:])
     return result
