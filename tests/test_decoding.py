@@ -161,6 +161,20 @@ def test_ar_exit_is_ar_with_its_own_bound() -> None:
     assert torch.equal(exited.codes, full.codes[..., :2])  # the same greedy layers, only fewer of them
 
 
+def test_reference_checked_engine_measures_the_action_gap() -> None:
+    from rsd_pl.decoding import ReferenceCheckedEngine
+
+    main = tiny_main(8)
+    batch = tiny_batch(8, batch_size=3)
+    ar = make_engine(main, "ar")
+    same = ReferenceCheckedEngine(make_engine(main, "ar"), ar).decode_chunk(batch)
+    assert same.stats.deviation == [0.0, 0.0, 0.0]
+    checked = ReferenceCheckedEngine(make_engine(main, "parallel"), ar).decode_chunk(batch)
+    expected = (checked.normalized_actions - ar.decode_chunk(batch).normalized_actions).abs().flatten(1).amax(1)
+    assert checked.stats.deviation == pytest.approx(expected.tolist()) and max(checked.stats.deviation) > 0
+    assert checked.stats.main_forwards == 1  # the reference's forwards are not counted
+
+
 def test_oft_mode_needs_the_oft_engine() -> None:
     with pytest.raises(RsdError, match="OFTEngine"):
         make_engine(tiny_main(0), "oft")

@@ -30,3 +30,19 @@ def test_annotate_draws_instruction_and_outcome():
 def test_no_frames_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no frames"):
         write_video(tmp_path / "x.mp4", [], "i", "o", "error")
+
+
+def test_text_fits_the_frame():
+    """Every wrapped line of a long instruction, and the outcome, stays inside the frame's width."""
+    import cv2
+
+    from rsd_pl.eval.video import fit_lines
+
+    text = "put the white mug on the left plate and put the yellow and white mug on the right plate"
+    lines = fit_lines(text, 248, scale=0.45)
+    assert len(lines) >= 2 and " ".join(lines).replace(" ...", "").startswith("put the white mug")
+    assert all(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] <= 248 for line in lines)
+    assert fit_lines("x" * 300, 100, scale=0.5)[0].endswith("...")
+    frame = np.zeros((128, 256, 3), dtype=np.uint8)
+    out = annotate(frame, text, "speculative: timeout after 220 steps", "timeout")
+    assert out.shape[1] == 256 * 2 and out.shape[0] > 2 * 128  # 128 px cameras upscaled to >= 256 high

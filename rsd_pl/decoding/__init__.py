@@ -3,7 +3,7 @@ acceptance rules exact / sampling / relaxed, per-chunk statistics."""
 
 from rsd_pl.decoding.config import ACCEPTANCE_RULES, MODES, RSD_MODES, DecodingConfig
 from rsd_pl.decoding.engine import ChunkResult, DecodingEngine
-from rsd_pl.decoding.oft import OFTEngine
+from rsd_pl.decoding.oft import OFTEngine, ReferenceCheckedEngine
 from rsd_pl.decoding.speculative import autoregressive_decode, speculative_decode
 from rsd_pl.decoding.stats import ChunkStats, StatsAggregator
 
@@ -12,6 +12,7 @@ __all__ = [
     "MODES",
     "RSD_MODES",
     "OFTEngine",
+    "ReferenceCheckedEngine",
     "ChunkResult",
     "ChunkStats",
     "DecodingConfig",

@@ -7,6 +7,7 @@ cheap. Rendering uses `MUJOCO_GL=egl` (CPU Mesa) unless the caller set something
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -27,9 +28,21 @@ CAMERAS: dict[str, tuple[str, str]] = {
 _GL_NOTICE_SHOWN = False
 
 
+class _RepeatedNotices(logging.Filter):
+    """Drops robosuite's "no private macro file" advice (three lines in every process that imports it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("macro file" in message or "setup_macros.py" in message)
+
+
 def ensure_mujoco_gl() -> None:
-    """Set MUJOCO_GL=egl when unset (CPU rendering via Mesa) and say so once per process."""
+    """Set MUJOCO_GL=egl when unset (CPU rendering via Mesa) and say so once per process; quiet robosuite's
+    import-time notices (the filter sits on robosuite's logger before robosuite creates its handlers)."""
     global _GL_NOTICE_SHOWN
+    robosuite_logger = logging.getLogger("robosuite_logs")
+    if not any(isinstance(f, _RepeatedNotices) for f in robosuite_logger.filters):
+        robosuite_logger.addFilter(_RepeatedNotices())
     if "MUJOCO_GL" not in os.environ:
         os.environ["MUJOCO_GL"] = "egl"
         if not _GL_NOTICE_SHOWN:
@@ -37,7 +50,9 @@ def ensure_mujoco_gl() -> None:
             _GL_NOTICE_SHOWN = True
 
 
+@functools.cache
 def _benchmark(suite: str):
+    """One LIBERO benchmark object per suite and process (it prints its task order when built)."""
     from libero.libero import benchmark
 
     return benchmark.get_benchmark_dict()[suite]()
@@ -211,6 +226,13 @@ class LiberoEnv:
                 return sensor(obs_cache) if self._render_now else blank
 
             observable._sensor = gated
+
+    def render_frames(self, size: int) -> np.ndarray:
+        """The cameras rendered now at `size` (for videos, whatever size the model sees): uint8 [S, V*S, 3],
+        upright, side by side."""
+        frames = [np.asarray(self.raw.sim.render(camera_name=CAMERAS[c][0], width=size, height=size),
+                             dtype=np.uint8)[::-1, ::-1] for c in self.cameras]
+        return np.concatenate(frames, axis=1)
 
     def _set_render_flags(self) -> None:
         """Shadows/reflections on the offscreen context (robosuite may rebuild it on reset)."""

@@ -62,6 +62,9 @@ class EvalConfig:
     """Trials per task: benchmark init states 0 .. num_trials-1."""
     modes: list[str] = field(default_factory=lambda: list(RSD_MODES))
     """Decoding modes, each evaluated on the same episodes: oft, l1, parallel, ar, ar_exit, speculative."""
+    deviation_reference: str | None = "ar"
+    """Decode every observation of the other RSD modes with this mode too (untimed) and record how far their
+    actions are (max abs, normalised units; `deviation_mean` per episode, a report column). null = off."""
     reference_mode: str = "ar"
     """The mode every other mode is compared with in the report (paired exact McNemar test, difference in
     success with its interval); must be one of `modes`."""
@@ -90,6 +93,8 @@ class EvalConfig:
     videos_per_task: int = 2
     """Trials 0 .. videos_per_task-1 of each task and mode are saved as mp4 (0 = none)."""
     video_fps: int = 20
+    video_size: int = 128
+    """Side of each camera in the videos: rendered anew at this size when the model's camera is smaller."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu."""
     devices: int | str = 1
@@ -135,6 +140,8 @@ def validate_config(cfg: EvalConfig) -> None:
     if cfg.reference_mode not in cfg.modes:
         raise RsdError(f"reference_mode={cfg.reference_mode!r} is not one of modes={cfg.modes}: the report "
                        "compares every mode with it on the same episodes")
+    if cfg.deviation_reference is not None and cfg.deviation_reference not in RSD_MODES:
+        raise RsdError(f"deviation_reference={cfg.deviation_reference!r} must be an RSD mode {RSD_MODES} or null")
     if not cfg.main and any(m in RSD_MODES for m in cfg.modes):
         raise RsdError(f"modes={cfg.modes} include RSD modes, which need a main model: set main (e.g. main@best) "
                        "or evaluate only modes=[oft]")
@@ -215,7 +222,8 @@ class EvalModule(L.LightningModule):
     device) and builds one policy per mode over the same weights, lazily, once they are placed."""
 
     def __init__(self, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec, out_dir: str | Path,
-                 camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS, num_envs: int = 1) -> None:
+                 camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS, num_envs: int = 1,
+                 video_size: int | None = None) -> None:
         super().__init__()
         self.models = models
         self.make_policy = make_policy
@@ -229,7 +237,7 @@ class EvalModule(L.LightningModule):
         self._env: Any = None
         self._env_key: tuple[str, int] | None = None
         self._log: EpisodeLog | None = None
-        self.num_envs = num_envs
+        self.num_envs, self.video_size = num_envs, video_size
         self._pool: Any = None
 
     def on_predict_start(self) -> None:
@@ -249,7 +257,8 @@ class EvalModule(L.LightningModule):
         if self._pool is None:
             camera_size = self.camera_size if self.obs.cameras else None
             self._pool = EnvPool(self.num_envs, EnvSpec(camera_size, tuple(self.obs.cameras), self.shadows,
-                                                        self.obs.image_size, self.obs.image_pipeline))
+                                                        self.obs.image_size, self.obs.image_pipeline,
+                                                        self.video_size))
         records = []
         for mode in dict.fromkeys(m for item in items for m in item["modes"]):
             if mode not in self._policies:
@@ -267,7 +276,7 @@ class EvalModule(L.LightningModule):
             self._policies[mode] = self.make_policy(mode)
         result = run_episode(env, self._policies[mode], item["max_steps"], trial=item["trial"],
                              seed=item["seed"], mode=mode, image_size=self.obs.image_size,
-                             image_pipeline=self.obs.image_pipeline,
+                             image_pipeline=self.obs.image_pipeline, video_size=self.video_size,
                              record_frames=item["record"])
         engine = getattr(self._policies[mode], "engine", None)
         if engine is not None:
@@ -355,7 +364,7 @@ def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsS
         collate = first_item if cfg.num_envs == 1 else list
         loader = DataLoader(EpisodeDataset(items), batch_size=cfg.num_envs, shuffle=False, collate_fn=collate)
         module = EvalModule(models, make_policy, obs, out_dir, cfg.camera_size, cfg.video_fps, cfg.shadows,
-                            num_envs=cfg.num_envs)
+                            num_envs=cfg.num_envs, video_size=cfg.video_size)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
@@ -484,7 +493,7 @@ def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
 
 def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
     """mode -> RSDPolicy over the shared weights (draft only where the mode uses it)."""
-    from rsd_pl.decoding import DecodingEngine
+    from rsd_pl.decoding import DecodingEngine, ReferenceCheckedEngine
     from rsd_pl.eval.policy import RSDPolicy
 
     def make_policy(mode: str) -> RSDPolicy:
@@ -495,6 +504,12 @@ def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
         draft = models["draft"] if mode in DRAFT_MODES else None
         engine = DecodingEngine(models["main"], models["tokenizer"], models["normalizer"],
                                 decoding_for(cfg, mode), draft=draft)
+        reference = cfg.deviation_reference
+        if reference is not None and reference != mode:
+            reference_draft = models["draft"] if reference in DRAFT_MODES else None
+            engine = ReferenceCheckedEngine(engine, DecodingEngine(
+                models["main"], models["tokenizer"], models["normalizer"], decoding_for(cfg, reference),
+                draft=reference_draft))
         return RSDPolicy(engine)
 
     return make_policy

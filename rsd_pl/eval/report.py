@@ -184,6 +184,7 @@ def mode_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         if chunks else math.nan,
         "acceptance_rate": accepted / proposed if proposed else math.nan,
         "acceptance_by_depth": by_depth,
+        "deviation_mean": _mean([r["deviation_mean"] for r in records if r.get("deviation_mean") is not None]),
         "decoding": decoding_settings(records),
     }
 
@@ -296,15 +297,19 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _success_lines(report["modes"], report["paired"])
     lines += ["", "## Decoding cost", "",
               "| mode | success | timeouts | errors | chunks | latency mean ms | p50 ms | p95 ms "
-              "| main fwd/chunk | draft fwd/chunk | acceptance | decoding |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| main fwd/chunk | draft fwd/chunk | acceptance | action gap vs reference | decoding |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in report["modes"].items():
         lat = m["latency_ms"]
         lines.append(f"| {mode} | {_rate(m)} | {m['timeouts']} | {m['errors']} | {m['chunks']} "
                      f"| {_fmt(lat['mean'])} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} "
                      f"| {_fmt(m['main_forwards_per_chunk'], '.2f')} "
                      f"| {_fmt(m['draft_forwards_per_chunk'], '.2f')} "
-                     f"| {_pct(m['acceptance_rate'])} | {m['decoding']} |")
+                     f"| {_pct(m['acceptance_rate'])} | {_fmt(m.get('deviation_mean', math.nan), '.4f')} "
+                     f"| {m['decoding']} |")
+    lines += ["", "Action gap: mean over chunks of the max abs difference (normalised units) between a mode's actions "
+              "and the deviation reference's (eval `deviation_reference`, default `ar`) decoded from the same "
+              "observation; '-' where not measured."]
     lines += _speedups_lines(report["speedups"]) + _speedup_lines(report["speedup"])
     lines += _plot_lines(report.get("plots") or {})
     lines += ["", "## Per suite", "", "| mode | suite | success | timeouts | errors |", "|---|---|---|---|---|"]

@@ -87,6 +87,10 @@ class EpisodeResult:
     proposed_by_depth: list[int] = field(default_factory=list)
     """Draft layers proposed, indexed by residual layer - 1 (layer 1 is never proposed)."""
     accepted_by_depth: list[int] = field(default_factory=list)
+    deviation_mean: float | None = None
+    """Mean over chunks of the max abs gap (normalised actions) from the reference mode's decode of the same
+    observation (EvalConfig.deviation_reference); None when not measured."""
+    deviation_max: float | None = None
     wall_s: float = 0.0
     error: str | None = None
     """Traceback when status == error."""
@@ -119,21 +123,24 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
     return action
 
 
-def frame_of(env: EpisodeEnv, obs: dict) -> np.ndarray | None:
-    """The rendered cameras at render size, upright, side by side: uint8 [S, V*S, 3]; None without cameras."""
+def frame_of(env: EpisodeEnv, obs: dict, size: int | None = None) -> np.ndarray | None:
+    """The cameras upright, side by side: uint8 [S, V*S, 3]; None without cameras. With `size` larger than
+    the observation's, rendered anew at that size (videos people can read), else the observation's frames."""
     if not env.camera_keys:
         return None
+    if size is not None and hasattr(env, "render_frames") and size > getattr(env, "camera_size", size):
+        return env.render_frames(size)
     record = env.record(obs)  # raw frames (S, S, 3), upside down as LIBERO renders them
     return np.concatenate([np.ascontiguousarray(record[key][::-1, ::-1]) for key in env.camera_keys], axis=1)
 
 
 def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
-             image_size: int, image_pipeline: str, record_frames: bool) -> None:
+             image_size: int, image_pipeline: str, record_frames: bool, video_size: int | None = None) -> None:
     """Steps the episode, updating result.steps / status / frames as it goes."""
     policy.reset()  # empty action queue (statistics accumulate; this episode's are sliced after)
     obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
     for _ in range(max_steps):
-        if record_frames and (frame := frame_of(env, obs)) is not None:
+        if record_frames and (frame := frame_of(env, obs, video_size)) is not None:
             result.frames.append(frame)
         # the batch (and its camera frames) is built only when the policy queries its engine; the env
         # takes camera frames only in the step before a query (or every step for a video), as the step's
@@ -148,11 +155,16 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
     result.status = "timeout"
 
 
-def add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any], shares: list[float] | None = None) -> None:
+def add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any], shares: list[float] | None = None,
+                    rows: list[int] | None = None) -> None:
     """Engine statistics (`rsd_pl.decoding.stats.ChunkStats`) of the episode's chunks. A chunk decoded in a
     batch of B episodes (rsd_pl.eval.vector) counts its proposals with share 1/B here, so sums over the
     episodes are the engine's totals; latency and forwards per chunk are the batch's (what each env waited)."""
     shares = shares or [1.0] * len(chunk_stats)
+    rows = rows or [0] * len(chunk_stats)  # this episode's row in each chunk's batch
+    gaps = [c.deviation[row] for c, row in zip(chunk_stats, rows, strict=True) if getattr(c, "deviation", None)]
+    if gaps:
+        result.deviation_mean, result.deviation_max = round(float(np.mean(gaps)), 6), round(float(max(gaps)), 6)
     result.chunks = len(chunk_stats)
     result.chunk_latency_ms = [round(c.total_s * 1000.0, 4) for c in chunk_stats]
     latencies = result.chunk_latency_ms
@@ -170,7 +182,7 @@ def add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any], shares: list[
 
 def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial: int, seed: int,
                 mode: str, image_size: int, image_pipeline: str = "resize",
-                record_frames: bool = False) -> EpisodeResult:
+                record_frames: bool = False, video_size: int | None = None) -> EpisodeResult:
     """Run one episode (protocol in the module docstring) and return its result.
 
     max_steps: policy steps after the wait (the suite's `SuiteSpec.max_steps` for the benchmark).
@@ -184,7 +196,7 @@ def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial
     first_chunk = len(policy.stats.chunks)  # the policy keeps statistics across episodes
     start = time.perf_counter()
     try:
-        _rollout(env, policy, result, max_steps, image_size, image_pipeline, record_frames)
+        _rollout(env, policy, result, max_steps, image_size, image_pipeline, record_frames, video_size)
     except RsdError:
         raise
     except Exception:  # recorded as this episode's error, printed, counted separately; never a success

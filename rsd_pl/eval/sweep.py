@@ -29,7 +29,7 @@ from rsd_pl.decoding.config import MODES, DecodingConfig
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import loop
 from rsd_pl.eval.loop import EvalConfig
-from rsd_pl.eval.plots import _label_points, _log_scale, mode_color
+from rsd_pl.eval.plots import _log_scale, mode_color
 from rsd_pl.eval.report import _json_safe, episode_key, mode_summary, read_episodes
 
 GRID_KEYS = ("tau", "draft_len", "exit_bound", "early_exit_bound", "temperature", "acceptance")
@@ -104,13 +104,13 @@ def settings_of(decoding: DecodingConfig) -> dict[str, Any]:
 def _check_names(cfg: SweepConfig) -> None:
     for what, modes in (("modes", cfg.modes), ("baseline_modes", cfg.baseline_modes)):
         unknown = [m for m in modes if m not in MODES]
-        if unknown or len(set(modes)) != len(modes) or (what == "modes" and not modes):
-            raise RsdError(f"{what}={modes}: {'unknown mode ' + repr(unknown[0]) if unknown else 'duplicates'}; "
-                           f"must be {'a non-empty' if what == 'modes' else 'a'} list of distinct {MODES}")
+        if problem := (f"unknown mode {unknown[0]!r}" if unknown else "a mode is listed twice"
+                       if len(set(modes)) != len(modes) else "empty" if what == "modes" and not modes else ""):
+            raise RsdError(f"{what}={modes}: {problem}; {what} are distinct modes of {MODES}")
     if not cfg.grid:
         raise RsdError(f"grid is empty: give at least one of {GRID_KEYS} with its values")
     for key, values in cfg.grid.items():
-        if False:
+        if key not in GRID_KEYS:
             raise RsdError(f"grid key {key!r} is not a decoding key the sweep varies: {GRID_KEYS}")
         if not isinstance(values, list) or not values:
             raise RsdError(f"grid.{key}={values!r}: must be a non-empty list of values")
@@ -313,10 +313,9 @@ def tradeoff_figure(rows: list[dict[str, Any]]) -> Figure | None:
     handles.append(Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
                           markeredgewidth=1.5, markersize=9, label="not dominated"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
-    for ax, (panel_rows, value, _) in zip(axes, panels, strict=True):  # last: labels need the final layout
-        _label_points(fig, ax, [(r["latency_p50_ms"], value(r), value(r), value(r), r["label"]) for r in panel_rows],
-                      fontsize=8)
-        _with_leaders(ax)
+    fig.draw_without_rendering()  # labels go last: they need the final layout and limits
+    for ax, (panel_rows, value, _) in zip(axes, panels, strict=True):
+        _place_labels(ax, sorted(panel_rows, key=lambda r: not r["non_dominated"]), value)
     return fig
 
 
@@ -340,15 +339,35 @@ def _log_if_spread(ax: Any, which: str, values: list[float]) -> bool:
     return spread
 
 
-def _with_leaders(ax: Any) -> None:
-    """The point labels again, on a white ground (over bars), with a leader line where one sits diagonally."""
-    for label in list(ax.texts):
-        dx, dy = label.xyann  # offset in points
-        label.remove()
-        leader = {"arrowstyle": "-", "color": "0.4", "lw": 0.6, "shrinkB": 5} if dx and dy else None
-        ax.annotate(label.get_text(), label.xy, xytext=(dx, dy), textcoords="offset points", ha=label.get_ha(),
-                    va=label.get_va(), fontsize=label.get_fontsize(), arrowprops=leader,
-                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 0.5})
+LABEL_OFFSETS = [(dx, sign * 12 * step) for step in range(9) for sign in (1, -1) for dx in (7, -7)][2:]
+"""(dx, dy) offsets of a label from its point, in points, tried in order: beside it, then stacked above / below."""
+
+
+def _place_labels(ax: Any, rows: list[dict[str, Any]], value: Any) -> None:
+    """Label each point (non-dominated first) at the first offset inside the axes and clear of the markers and
+    the labels placed before; a leader line joins a moved label, a white ground keeps it readable over bars."""
+    px = ax.get_figure().dpi / 72  # pixels per point
+    centres = ax.transData.transform([(r["latency_p50_ms"], value(r)) for r in rows])  # (N, 2) pixels
+    taken = [(x - 7, y - 7, x + 7, y + 7) for x, y in centres]  # markers, then each placed label
+
+    def box(centre: Any, size: Any, dx: float, dy: float) -> tuple[float, float, float, float]:
+        x0 = centre[0] + dx * px - (size[0] if dx < 0 else 0)
+        return (x0, centre[1] + dy * px - size[1] / 2, x0 + size[0], centre[1] + dy * px + size[1] / 2)
+
+    def clear(b: tuple[float, float, float, float]) -> bool:
+        inside = ax.bbox.x0 <= b[0] and b[2] <= ax.bbox.x1 and ax.bbox.y0 <= b[1] and b[3] <= ax.bbox.y1
+        return inside and all(b[2] < t[0] or t[2] < b[0] or b[3] < t[1] or t[3] < b[1] for t in taken)
+
+    for row, centre in zip(rows, centres, strict=True):
+        probe = ax.text(0, 0, row["label"], fontsize=8)
+        size = probe.get_window_extent().size + 4  # (w, h) pixels, with a margin
+        probe.remove()
+        dx, dy = next((o for o in LABEL_OFFSETS if clear(box(centre, size, *o))), LABEL_OFFSETS[0])
+        taken.append(box(centre, size, dx, dy))
+        ax.annotate(row["label"], (row["latency_p50_ms"], value(row)), xytext=(dx, dy), textcoords="offset points",
+                    ha="left" if dx > 0 else "right", va="center", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 0.5},
+                    arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.6, "shrinkB": 5} if dy else None)
 
 
 def write_sweep(cfg: SweepConfig, runs: list[Run]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class EnvSpec:
     shadows: bool
     image_size: int
     image_pipeline: str
+    video_size: int | None = None
 
 
 def _worker(conn, spec: EnvSpec) -> None:
@@ -73,7 +74,7 @@ def _worker(conn, spec: EnvSpec) -> None:
                 obs, _, _, _ = env.step(action, render=render)
                 reply = env.success()
             elif command == "frame":
-                reply = frame_of(env, obs)
+                reply = frame_of(env, obs, spec.video_size)
             else:
                 raise ValueError(f"unknown worker command {command!r}")
             conn.send(("ok", reply))
@@ -193,7 +194,7 @@ def _decode(pool: EnvPool, engine: Any, episodes: list[_Episode], need: list[int
     result = engine.decode_chunk(stack_batches([replies[i][1] for i in need]))
     for row, i in enumerate(need):
         episodes[i].queue.extend(np.asarray(result.actions[row]))
-        episodes[i].chunks.append((result.stats, len(need)))
+        episodes[i].chunks.append((result.stats, len(need), row))
 
 
 def _check(replies: dict[int, tuple[str, Any]], episodes: list[_Episode], frame: bool = False) -> None:
@@ -215,6 +216,6 @@ def _finish(episode: _Episode) -> Any:
     from rsd_pl.eval.runner import add_chunk_stats
 
     episode.result.wall_s = round(time.perf_counter() - episode.start, 3)
-    add_chunk_stats(episode.result, [stats for stats, _ in episode.chunks],
-                    shares=[1.0 / size for _, size in episode.chunks])
+    add_chunk_stats(episode.result, [stats for stats, _, _ in episode.chunks],
+                    shares=[1.0 / size for _, size, _ in episode.chunks], rows=[row for _, _, row in episode.chunks])
     return episode.result

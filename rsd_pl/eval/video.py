@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,43 @@ def annotate(frame: np.ndarray, instruction: str, outcome: str, status: str) -> 
     frame = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale),
                        interpolation=cv2.INTER_NEAREST)
     height, width = frame.shape[:2]
-    chars_per_line = max(10, width // 9)
-    lines = textwrap.wrap(instruction, chars_per_line)[:3]
+    lines = fit_lines(instruction, width - 8, scale=0.45)
     banner = 8 + 16 * len(lines)
     canvas = np.zeros((height + banner + 24, width, 3), dtype=np.uint8)  # (h', w, 3)
     canvas[banner:banner + height] = frame
     for i, line in enumerate(lines):
         cv2.putText(canvas, line, (4, 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     (255, 255, 255), 1, cv2.LINE_AA)
+    outcome = fit_lines(outcome, width - 8, scale=0.5)[0]
     cv2.putText(canvas, outcome, (4, banner + height + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                 STATUS_COLOURS.get(status, (255, 255, 255)), 1, cv2.LINE_AA)
     return canvas
+
+
+def fit_lines(text: str, max_width: int, scale: float, max_lines: int = 4) -> list[str]:
+    """Greedy word wrap by the rendered width of OpenCV's font (pixels), so no line runs off the frame;
+    a word too long for a line, or text beyond max_lines, is cut with an ellipsis."""
+    import cv2
+
+    def width(line: str) -> int:
+        return cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and width(candidate) <= max_width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    lines = lines or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " ..."
+    for i, line in enumerate(lines):
+        while width(line) > max_width and len(line) > 4:
+            line = line[:-4] + "..."
+        lines[i] = line
+    return lines
 
 
 def write_video(path: str | Path, frames: list[np.ndarray], instruction: str, outcome: str,
