@@ -36,6 +36,10 @@ def test_cli_overrides_any_field(tmp_path):
     ({"tasks": "0-12"}, "task 10 is out of range for libero_spatial"),
     ({"num_trials": 0}, "num_trials=0"),
     ({"num_trials": 51}, "num_trials=51: must be in 1..50"),
+    ({"num_envs": 0}, "num_envs=0: must be >= 1"),
+    ({"deviation_reference": "oft"}, "deviation_reference='oft' must be an RSD mode"),
+    ({"modes": ["oft"], "main": None}, "reference_mode='ar' is not one of modes"),
+    ({"modes": ["oft", "ar"], "main": None}, "include RSD modes, which need a main model"),
 ])
 def test_bad_config_is_refused_before_any_episode(tmp_path, overrides, message):
     with pytest.raises(RsdError, match=message):

@@ -72,22 +72,25 @@ def test_point_names_and_grid_expansion():
 
 
 def test_quickstart_sweep_plans_each_setting_once():
-    """18 points; speculative runs once per (tau, draft_len), ar_exit once per exit_bound: 9 runs + baseline."""
-    cfg = sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml")])
+    """24 points; speculative runs once per (tau, draft_len), ar_exit once per exit_bound: 11 runs + baseline."""
+    shipped = sweep.plan(sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml")]))
+    assert len(shipped) == 7 and sum(len(r.cfg.modes) for r in shipped if r.cfg is not None) == 2 + 3 + 2
+    grid = "{tau: [0.02, 0.05, 0.1, 0.2], draft_len: [[1, 7], [7]], exit_bound: [0.02, 0.05, 0.1]}"
+    cfg = sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml"), "--grid", grid])
     runs = sweep.plan(cfg)
-    assert [r.title for r in runs][:3] == ["baseline", "point 1/18", "point 2/18"] and len(runs) == 19
+    assert [r.title for r in runs][:3] == ["baseline", "point 1/24", "point 2/24"] and len(runs) == 25
     ran = {r.title: r.cfg.modes for r in runs if r.cfg is not None}
-    assert ran["baseline"] == ["ar", "parallel"] and ran["point 1/18"] == ["speculative", "ar_exit"]
-    assert ran["point 2/18"] == ["ar_exit"] and ran["point 4/18"] == ["speculative"]
-    assert sum(map(len, ran.values())) == 2 + 6 + 3 and len(ran) == 9
-    assert runs[5].cfg is None and runs[5].earlier == {"speculative": "point 4/18", "ar_exit": "point 2/18"}
+    assert ran["baseline"] == ["ar", "parallel"] and ran["point 1/24"] == ["speculative", "ar_exit"]
+    assert ran["point 2/24"] == ["ar_exit"] and ran["point 4/24"] == ["speculative"]
+    assert sum(map(len, ran.values())) == 2 + 8 + 3 and len(ran) == 11
+    assert runs[5].cfg is None and runs[5].earlier == {"speculative": "point 4/24", "ar_exit": "point 2/24"}
     point = runs[4]  # tau 0.02, draft_len [7], exit_bound 0.02
     assert point.cfg.out == "runs/quickstart/sweep/tau0.02_draft_len7_exit_bound0.02"
     assert point.cfg.decoding.draft_len == [7] and point.cfg.decoding.tau == 0.02
     assert point.cfg.reference_mode == "speculative" and runs[0].cfg.reference_mode == "ar"
     assert (point.cfg.num_trials, point.cfg.tasks, point.cfg.camera_size) == (8, "0,1", 64)
-    assert "sweep: point 4/18 tau=0.02 draft_len=[7] exit_bound=0.02: [speculative] -> " in sweep._progress(point)
-    assert sweep._progress(runs[5]).endswith("nothing new (speculative as in point 4/18; ar_exit as in point 2/18)")
+    assert "sweep: point 4/24 tau=0.02 draft_len=[7] exit_bound=0.02: [speculative] -> " in sweep._progress(point)
+    assert sweep._progress(runs[5]).endswith("nothing new (speculative as in point 4/24; ar_exit as in point 2/24)")
 
 
 def _row(latency, success, deviation=math.nan):
@@ -111,42 +114,49 @@ def _episode(mode, trial, status, latencies, main, decoding, deviation=None):
     return record if deviation is None else {**record, "deviation_mean": deviation}
 
 
+PROFILES = {"ar": ([20.0, 20.0], 8, ["success", "timeout"], None), "parallel": ([25.0], 1, ["timeout"] * 2, 0.3),
+            0.02: ([8.0, 12.0], 3, ["success", "success"], 0.02), 0.1: ([5.0, 5.0], 2, ["timeout", "success"], 0.1)}
+"""Baselines by mode, points by tau: chunk latencies of each episode, main forwards per chunk, statuses of trials
+0 and 1, deviation scale (trial t deviates by scale * (t + 1))."""
+
+
 def _write_logs(runs, deviations=True) -> None:
-    """ar baseline: 20 ms, 1/2; tau 0.02: 10 ms, 2/2; tau 0.1: 5 ms, 1/2 (and a stray trial 5, not in the sweep)."""
-    spec = {"ar": ([20.0, 20.0], 8, ["success", "timeout"]), 0.02: ([8.0, 12.0], 3, ["success", "success"]),
-            0.1: ([5.0, 5.0], 2, ["timeout", "success"])}
+    """One episode log per run folder, trials 0-1 and a stray trial 5 that is not in the sweep."""
     for run in runs:
-        mode = run.cfg.modes[0]
-        latencies, main, statuses = spec[run.point.get("tau", "ar")]
-        decoding = loop.decoding_for(run.cfg, mode).to_dict()
-        scale = run.point["tau"] if deviations and mode == "speculative" else None
-        records = [_episode(mode, t, s, latencies, main * len(latencies), decoding, scale and scale * (t + 1))
-                   for t, s in [*enumerate(statuses), (5, "success")]]
+        records = []
+        for mode in run.cfg.modes:
+            latencies, main, statuses, scale = PROFILES[mode if run.title == "baseline" else run.point["tau"]]
+            decoding = loop.decoding_for(run.cfg, mode).to_dict()
+            records += [_episode(mode, t, s, latencies, main * len(latencies), decoding,
+                                 scale * (t + 1) if deviations and scale else None)
+                        for t, s in [*enumerate(statuses), (5, "success")]]
         Path(run.cfg.out).mkdir(parents=True)
         (Path(run.cfg.out) / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def test_aggregation_table_and_plot_from_episode_logs(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, baseline_modes=["ar", "parallel"])
     runs = sweep.plan(cfg)
     _write_logs(runs)
     result = sweep.write_sweep(cfg, runs)
     rows = {r["setting"]: r for r in result["rows"]}
-    assert list(rows) == ["ar (baseline)", "speculative tau=0.02", "speculative tau=0.1"]
-    ar, slow, fast = rows.values()
+    assert list(rows) == ["parallel (baseline)", "ar (baseline)", "speculative tau=0.02", "speculative tau=0.1"]
+    parallel, ar, slow, fast = rows.values()
     assert (ar["successes"], ar["trials"], slow["successes"], fast["successes"]) == (1, 2, 2, 1)
     assert slow["success_ci"] == pytest.approx([0.342, 1.0], abs=1e-3)  # Wilson 95% for 2/2
     assert (slow["latency_p50_ms"], slow["latency_mean_ms"], slow["main_forwards_per_chunk"]) == (10.0, 10.0, 3.0)
     assert slow["speedup_vs_ar_p50"] == 2.0 and fast["speedup_vs_ar_mean"] == 4.0 and ar["speedup_vs_ar_p50"] == 1.0
     assert slow["deviation_mean"] == pytest.approx(0.03) and fast["deviation_mean"] == pytest.approx(0.15)
-    assert math.isnan(ar["deviation_mean"])
-    assert [r["non_dominated"] for r in rows.values()] == [False, True, True]  # tau 0.02 is faster than ar
+    assert ar["deviation_mean"] == 0.0  # eval.deviation_reference (ar) against itself, greedy
+    # parallel is slower than ar, never succeeds and deviates: dominated; ar is the only row at deviation 0
+    assert [r["non_dominated"] for r in rows.values()] == [False, True, True, True]
     saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert saved["non_dominated"] == ["speculative tau=0.02", "speculative tau=0.1"]
-    assert saved["rows"][0]["deviation_mean"] is None and saved["episodes"]["per_row"] == 2
+    assert saved["non_dominated"] == ["ar (baseline)", "speculative tau=0.02", "speculative tau=0.1"]
+    assert saved["rows"][0]["success_rate"] == 0.0 and saved["episodes"]["per_row"] == 2
     text = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| **speculative tau=0.02** | 2/2 (100.0%, 34.2-100.0) | 10.0 | 10.0 | 3.00 | 0.0300 | 2.00x |" in text
-    assert "| ar (baseline) | 1/2 (50.0%, 9.5-90.5) | 20.0 | 20.0 | 8.00 | - | 1.00x | `baseline` |" in text
+    assert "| **ar (baseline)** | 1/2 (50.0%, 9.5-90.5) | 20.0 | 20.0 | 8.00 | 0.0000 | 1.00x | `baseline` |" in text
+    assert "| parallel (baseline) | 0/2 (0.0%, 0.0-65.8) | 25.0 | 25.0 | 1.00 | 0.4500 | 0.80x | `baseline` |" in text
     assert "![success and deviation vs p50 chunk latency](plots/sweep_tradeoff.png)" in text
     assert (tmp_path / "sweep" / sweep.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

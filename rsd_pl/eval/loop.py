@@ -26,14 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from rsd_pl.decoding.config import MODES, RSD_MODES, DecodingConfig
 from rsd_pl.envs import SHADOWS
 from rsd_pl.errors import RsdError
-from rsd_pl.eval.report import (
-    EPISODES_FILE,
-    EpisodeLog,
-    episode_key,
-    merge_rank_files,
-    read_episodes,
-    write_report,
-)
+from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, episode_key, merge_rank_files, read_episodes
+from rsd_pl.eval.report import write_report
 from rsd_pl.eval.runner import EpisodeResult, run_episode
 
 DRAFT_MODES = ("speculative",)
@@ -518,6 +512,16 @@ def policy_factory(cfg: EvalConfig, models: dict[str, Any]) -> Any:
 # --- CLI ------------------------------------------------------------------------------------------
 
 
+def quiet_library_notices() -> None:
+    """One line per episode and a progress bar: Lightning's device / tip lines and a deprecation notice of
+    its own internals are not shown (warnings from our code and real errors still are)."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def parse_config(argv: list[str]) -> EvalConfig:
     """`--config file.yaml` plus any field on the command line (e.g. `--num_trials 5 --modes [ar]`)."""
     from jsonargparse import auto_cli, set_parsing_settings
@@ -530,6 +534,7 @@ def main(argv: list[str]) -> int:
     """`python -m rsd_pl eval --config configs/eval_libero_spatial.yaml [--field value ...]`."""
     cfg = parse_config(argv)
     validate_config(cfg)
+    quiet_library_notices()
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     models, obs = load_models(cfg)

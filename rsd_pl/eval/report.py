@@ -19,108 +19,31 @@ Counting rules (DESIGN.md section 6; the statistics are in `rsd_pl.eval.stats`):
   `speedups`: `speculative` against each of `ar`, `ar_exit`, `parallel` present, on the paired
   episodes, with percentile-bootstrap 95% intervals (episodes resampled, fixed seed).
 
-`eval_info.json` follows LeRobot's `lerobot-eval` (plain `json.load`):
-    {"mode": <reference mode, or the first mode when it is absent>,
-     "per_episode": [...], "aggregated": {...},             # that mode, where a LeRobot reader looks
-     "per_group": {<suite>: {...}}, "overall": {...},       # the same in lerobot-eval's multi-task keys
-     "per_mode": {<mode>: {"per_episode": [...], "aggregated": {...}, "per_group": {<suite>: {...}}}}}
-per_episode: {episode_ix, success, sum_reward, max_reward (1/0 from success: LIBERO's reward is the
-success flag), seed, task_group (suite), task_id, task (instruction), trial, mode, status, steps,
-eval_s (wall_s)}, episodes ordered by (suite, task_id, trial). aggregated / per_group: {pc_success,
-pc_success_ci_low, pc_success_ci_high (Wilson 95%, percent), avg_sum_reward, avg_max_reward,
-n_episodes, eval_s (sum of the episodes' wall_s, not the run's elapsed time), eval_ep_s (mean wall_s)}.
+`eval_info.json` follows LeRobot's `lerobot-eval` (rsd_pl.eval.lerobot). The episode log's reading and
+writing are in rsd_pl.eval.episode_log.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from rsd_pl.decoding.config import MODES
 from rsd_pl.errors import RsdError
+from rsd_pl.eval.episode_log import (  # noqa: F401  (re-exported: the log's names, as before)
+    EPISODES_FILE,
+    RANK_FILE_GLOB,
+    EpisodeLog,
+    episode_key,
+    merge_rank_files,
+    read_episodes,
+    read_episodes_file,
+    read_jsonl,
+)
 from rsd_pl.eval.stats import paired_comparisons, speedups, succeeded, wilson_interval
-
-EPISODES_FILE = "episodes.jsonl"
-RANK_FILE_GLOB = "episodes.rank*.jsonl"
-
-
-def episode_key(record: dict[str, Any]) -> tuple[str, int, int, str]:
-    """The identity of an episode for resuming: (suite, task_id, trial, mode)."""
-    return (record["suite"], int(record["task_id"]), int(record["trial"]), record["mode"])
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of one JSONL file; a torn last line (a killed writer) is dropped, any other bad line raises."""
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            if number == len(lines):  # the writer was killed mid-line: that episode is simply redone
-                break
-            raise RsdError(f"{path}:{number}: not a JSON line ({error})") from error
-    return records
-
-
-def read_episodes(out_dir: str | Path) -> list[dict[str, Any]]:
-    """All finished episodes under `out_dir` (merged file and per-rank files), one per key: the first
-    record, unless it is an error and a later run of the same episode exists (a retry)."""
-    out_dir = Path(out_dir)
-    paths = [out_dir / EPISODES_FILE, *sorted(out_dir.glob(RANK_FILE_GLOB))]
-    seen: dict[tuple[str, int, int, str], dict[str, Any]] = {}
-    for path in paths:
-        if path.is_file():
-            for record in read_jsonl(path):
-                key = episode_key(record)
-                if key not in seen or seen[key]["status"] == "error":
-                    seen[key] = record
-    return list(seen.values())
-
-
-# --- writing the episode log (the evaluation loop) ------------------------------------------------
-
-
-class EpisodeLog:
-    """Appends one JSON line per finished episode and flushes it (a kill loses at most one line)."""
-
-    def __init__(self, out_dir: Path, rank: int, world_size: int) -> None:
-        name = EPISODES_FILE if world_size == 1 else f"episodes.rank{rank}.jsonl"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = out_dir / name
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def merge_rank_files(out_dir: Path) -> None:
-    """Fold per-rank logs into episodes.jsonl (skipping episodes already there, unless only as an
-    error: a retry is appended after it), then remove them."""
-    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE) if r["status"] != "error"}
-    with open(out_dir / EPISODES_FILE, "a") as f:
-        for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
-            for record in read_episodes_file(path):
-                if episode_key(record) not in merged:
-                    merged.add(episode_key(record))
-                    f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
-        path.unlink()
-
-
-def read_episodes_file(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path) if path.is_file() else []
-
 
 # --- aggregation ---------------------------------------------------------------------------------
 
@@ -460,44 +383,11 @@ def log_tensorboard(report: dict[str, Any], log_dir: str | Path, step: int = 0,
         writer.close()
 
 
-def _lerobot_block(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """LeRobot's per_episode / aggregated / per_group for the records of one mode (layout: module docstring)."""
-    ordered = sorted(records, key=lambda r: (r["suite"], int(r["task_id"]), int(r["trial"])))
-    per_episode = [{"episode_ix": i, "success": succeeded(r), "sum_reward": float(succeeded(r)),
-                    "max_reward": float(succeeded(r)), "seed": r.get("seed"), "task_group": r["suite"],
-                    "task_id": int(r["task_id"]), "task": r.get("instruction") or r.get("task_name", ""),
-                    "trial": int(r["trial"]), "mode": r["mode"], "status": r["status"],
-                    "steps": int(r.get("steps", 0)), "eval_s": float(r.get("wall_s") or 0.0)}
-                   for i, r in enumerate(ordered)]
-    by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for episode in per_episode:
-        by_suite[episode["task_group"]].append(episode)
-    return {"per_episode": per_episode, "aggregated": _lerobot_aggregate(per_episode),
-            "per_group": {suite: _lerobot_aggregate(episodes) for suite, episodes in by_suite.items()}}
-
-
-def _lerobot_aggregate(per_episode: list[dict[str, Any]]) -> dict[str, Any]:
-    successes, n = sum(e["success"] for e in per_episode), len(per_episode)
-    low, high = wilson_interval(successes, n)
-    eval_s = sum(e["eval_s"] for e in per_episode)
-    return {"avg_sum_reward": successes / n, "avg_max_reward": successes / n, "pc_success": 100 * successes / n,
-            "pc_success_ci_low": 100 * low, "pc_success_ci_high": 100 * high, "ci": "Wilson 95%",
-            "n_episodes": n, "eval_s": eval_s, "eval_ep_s": eval_s / n}
-
-
-def lerobot_eval_info(records: list[dict[str, Any]], reference_mode: str = "ar") -> dict[str, Any]:
-    """`eval_info.json` in LeRobot's field names, one block per mode (layout: module docstring)."""
-    per_mode = {mode: _lerobot_block(rs) for (mode,), rs in _group(records, "mode").items()}
-    top = reference_mode if reference_mode in per_mode else next(iter(per_mode))
-    block = per_mode[top]
-    return {"mode": top, "per_episode": block["per_episode"], "aggregated": block["aggregated"],
-            "per_group": block["per_group"], "overall": block["aggregated"], "per_mode": per_mode}
-
-
 def write_report(out_dir: str | Path, tensorboard_dir: str | Path | None = None,
                  reference_mode: str = "ar") -> dict[str, Any]:
     """Read `<out_dir>` episodes; write report.json / report.md / eval_info.json and plots/*.png; log
     TensorBoard scalars and images when `tensorboard_dir` is given; print the markdown."""
+    from rsd_pl.eval.lerobot import lerobot_eval_info
     from rsd_pl.eval.plots import write_plots
 
     out_dir = Path(out_dir)
