@@ -21,14 +21,15 @@ def annotate(frame: np.ndarray, instruction: str, outcome: str, status: str) -> 
     height, width = frame.shape[:2]
     lines = fit_lines(instruction, width - 8, scale=0.45)
     banner = 8 + 16 * len(lines)
-    canvas = np.zeros((height + banner + 24, width, 3), dtype=np.uint8)  # (h', w, 3)
+    footer_lines = fit_lines(outcome, width - 8, scale=0.45, max_lines=2)
+    canvas = np.zeros((height + banner + 8 + 16 * len(footer_lines), width, 3), dtype=np.uint8)  # (h', w, 3)
     canvas[banner:banner + height] = frame
     for i, line in enumerate(lines):
         cv2.putText(canvas, line, (4, 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     (255, 255, 255), 1, cv2.LINE_AA)
-    outcome = fit_lines(outcome, width - 8, scale=0.5)[0]
-    cv2.putText(canvas, outcome, (4, banner + height + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                STATUS_COLOURS.get(status, (255, 255, 255)), 1, cv2.LINE_AA)
+    for i, line in enumerate(footer_lines):
+        cv2.putText(canvas, line, (4, banner + height + 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    STATUS_COLOURS.get(status, (255, 255, 255)), 1, cv2.LINE_AA)
     return canvas
 
 
