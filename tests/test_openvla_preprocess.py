@@ -39,7 +39,12 @@ def _levels(got: np.ndarray, want: np.ndarray) -> tuple[float, float, int]:
 
 
 def _pixel_values(images: np.ndarray, normalization) -> torch.Tensor:
-    return pp.oft_pixel_values(images, normalization).reshape(1, 12, 224, 224)  # [2, 6, 224, 224] -> [1, 12, ...]
+    """The production path: uint8 / 255 (rsd_pl.data.obs.preprocess_images), then the model's TowerNormalize."""
+    from rsd_pl.models.openvla.model import TowerNormalize
+
+    upright = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float()[None] / 255.0  # (1, V, 3, S, S)
+    with torch.no_grad():
+        return TowerNormalize(normalization)(upright).reshape(1, 12, 224, 224)  # (1, V, 6, S, S) -> (1, 12, S, S)
 
 
 # --- stage 1: raw 256 px render -> rotate, JPEG round trip, Lanczos-3 to 224 ------------------------------------------
@@ -136,7 +141,6 @@ def test_end_to_end_exact(ref):
 def test_leading_dims_are_kept(ref):
     raw = ref["images_raw"][None]  # [1, 2, 256, 256, 3]
     assert pp.oft_images(raw).shape == (1, 2, 224, 224, 3)
-    assert pp.oft_pixel_values(ref["images_preprocessed"][None], [IMAGENET]).shape == (1, 2, 3, 224, 224)
 
 
 # --- preprocessor_config.json -----------------------------------------------------------------------------------------
@@ -183,11 +187,3 @@ def test_oft_images_rejects_bad_input(frames):
     with pytest.raises(ValueError, match=re.escape(f"[..., H, W, 3]; got ndarray {frames.dtype} {frames.shape}")):
         pp.oft_images(frames)
 
-
-@pytest.mark.parametrize(
-    "images", [np.zeros((2, 256, 256, 3), np.uint8), np.zeros((224, 224, 3), np.float32), torch.zeros(3, 224, 224)]
-)
-def test_oft_pixel_values_rejects_bad_input(images):
-    with pytest.raises(ValueError, match=re.escape(f"[..., 224, 224, 3]; got {type(images).__name__}")) as info:
-        pp.oft_pixel_values(images, [IMAGENET])
-    assert str(tuple(images.shape)) in str(info.value)

@@ -28,7 +28,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from rsd_pl.errors import RsdError
@@ -205,22 +204,3 @@ def load_tower_normalization(preprocessor_config: Path) -> Normalization:
     else:
         raise RsdError(f"{path}: no image normalization: needs 'tvf_normalize_params' or both 'means' and 'stds'")
     return [(_triple(m, path, key), _triple(s, path, key)) for m, s in pairs]
-
-
-def oft_pixel_values(images: np.ndarray | torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    """uint8 [..., 224, 224, 3] -> float32 [..., 3 * n_towers, 224, 224]: (x/255 - mean)/std per tower, towers stacked
-    on channels (TVF to_tensor divides by 255 and Normalize subtracts then divides, all in float32)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-    want = (OPENVLA_IMAGE_SIZE, OPENVLA_IMAGE_SIZE, 3)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim < 3 or tuple(x.shape[-3:]) != want:
-        got = f"{type(images).__name__} {getattr(images, 'dtype', '?')} {tuple(getattr(images, 'shape', ()))}"
-        raise ValueError(f"oft_pixel_values expects uint8 [..., 224, 224, 3]; got {got}")
-    if not normalization:
-        raise ValueError("oft_pixel_values needs at least one (mean, std) tower normalization")
-    x = x.to(torch.float32).div(255).movedim(-1, -3)  # [..., 3, 224, 224]
-    towers = []
-    for mean, std in normalization:
-        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-        towers.append(x.sub(m).div(s))
-    return torch.cat(towers, dim=-3)  # [..., 3 * n_towers, 224, 224]
