@@ -2,8 +2,8 @@
 acceptance rules exact / sampling / relaxed, per-chunk statistics."""
 
 from rsd_pl.decoding.config import ACCEPTANCE_RULES, MODES, RSD_MODES, DecodingConfig
-from rsd_pl.decoding.engine import ChunkResult, DecodingEngine
-from rsd_pl.decoding.oft import OFTEngine, ReferenceCheckedEngine
+from rsd_pl.decoding.engine import ChunkResult, DecodingEngine, ReferenceCheckedEngine
+from rsd_pl.decoding.oft import OFTEngine
 from rsd_pl.decoding.speculative import autoregressive_decode, speculative_decode
 from rsd_pl.decoding.stats import ChunkStats, StatsAggregator
 

@@ -133,6 +133,24 @@ class DecodingEngine:
         return raw
 
 
+class ReferenceCheckedEngine:
+    """An engine that also decodes every observation with a reference engine (e.g. greedy `ar`) and records
+    how far its normalised actions are from the reference's: `stats.deviation` [B] (max abs over the chunk).
+    The reference decode runs after the timed decode and is not counted in the chunk's statistics."""
+
+    def __init__(self, engine: DecodingEngine, reference: DecodingEngine) -> None:
+        self.engine, self.reference = engine, reference
+        self.config, self.main = engine.config, engine.main
+
+    def decode_chunk(self, batch: dict) -> ChunkResult:
+        result = self.engine.decode_chunk(batch)
+        with torch.inference_mode():
+            reference = self.reference.decode_chunk(batch)
+            gap = (result.normalized_actions.float().cpu() - reference.normalized_actions.float().cpu()).abs()
+        result.stats.deviation = gap.flatten(1).max(dim=1).values.tolist()  # (B,)
+        return result
+
+
 def _check_shapes(main: MainLike, other: object, what: str) -> None:
     """The tokenizer / draft must use the main model's T, d, L, K (read from attributes or .cfg)."""
     for key in ("num_layers", "chunk_len", "latent_dim", "num_levels"):

@@ -54,20 +54,3 @@ class OFTEngine:
         stats.total_s = timer.now() - start
         return ChunkResult(actions=actions, normalized_actions=normalized, codes=None, stats=stats)
 
-
-class ReferenceCheckedEngine:
-    """An engine that also decodes every observation with a reference engine (e.g. greedy `ar`) and records
-    how far its normalised actions are from the reference's: `stats.deviation` [B] (max abs over the chunk).
-    The reference decode runs after the timed decode and is not counted in the chunk's statistics."""
-
-    def __init__(self, engine: Any, reference: Any) -> None:
-        self.engine, self.reference = engine, reference
-        self.config, self.main = engine.config, engine.main
-
-    def decode_chunk(self, batch: dict) -> ChunkResult:
-        result = self.engine.decode_chunk(batch)
-        with torch.inference_mode():
-            reference = self.reference.decode_chunk(batch)
-            gap = (result.normalized_actions.float().cpu() - reference.normalized_actions.float().cpu()).abs()
-        result.stats.deviation = gap.flatten(1).max(dim=1).values.tolist()  # (B,)
-        return result

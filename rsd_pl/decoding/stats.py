@@ -39,7 +39,7 @@ class ChunkStats:
     """RFSQ decode, un-normalisation, early-exit checks."""
     deviation: list[float] | None = None
     """Per batch element: max abs gap of the normalised actions from a reference mode's decode of the same
-    observation (rsd_pl.decoding.oft.ReferenceCheckedEngine); None when not measured."""
+    observation (rsd_pl.decoding.engine.ReferenceCheckedEngine); None when not measured."""
     total_s: float = 0.0
 
     def __post_init__(self) -> None:
