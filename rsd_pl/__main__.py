@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "expert-check": ("rsd_pl.experts.check", "main", "success rate of the scripted expert per task"),
     "registry": ("rsd_pl.registry", "main", "list / show artifacts of the checkpoint registry"),
     "bench": ("rsd_pl.bench", "main", "latency per decoding mode, training throughput"),
+    "budget": ("rsd_pl.eval.budget", "main",
+               "per-layer information, proposal acceptance and forward costs: where speculation can pay"),
     "sweep": ("rsd_pl.eval.sweep", "main",
               "one resumable evaluation over a grid of decoding settings, with a trade-off plot"),
 }

@@ -70,9 +70,10 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0), statistic / 2.0))  # chi2 survival
 
 
-def draw(main, seed: int, mode: str, draft=None, draft_len: int = 2, rule=None) -> torch.Tensor:
+def draw(main, seed: int, mode: str, draft=None, draft_len: int = 2, rule=None,
+         draft_source: str = "model") -> torch.Tensor:
     config = DecodingConfig(mode=mode, acceptance="sampling", temperature=TEMPERATURE, draft_len=draft_len,
-                            seed=1000 + seed)
+                            seed=1000 + seed, draft_source=draft_source)
     engine = DecodingEngine(main, tiny_tokenizer(main), tiny_normalizer(), config, draft)
     if rule is not None:
         engine.rule = rule
@@ -119,6 +120,12 @@ def test_speculative_sampling_with_a_real_draft_matches_ar_distribution(setting)
     main, probs = setting
     draft = tiny_draft(main, seed=3)
     assert chi_square_p_value(draw(main, 11, "speculative", draft, 2), probs) > 1e-3
+
+
+def test_self_speculative_sampling_matches_ar_distribution(setting) -> None:
+    """The parallel head as the draft (q = its softmax, proposals drawn from it): still exactly ar's distribution."""
+    main, probs = setting
+    assert chi_square_p_value(draw(main, 11, "speculative", None, 2, draft_source="parallel"), probs) > 1e-3
 
 
 def test_the_statistical_test_rejects_a_broken_rule(setting) -> None:

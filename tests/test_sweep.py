@@ -30,7 +30,10 @@ def _cfg(tmp_path, grid=None, eval_overrides=None, **overrides) -> sweep.SweepCo
 @pytest.mark.parametrize("overrides, message", [
     ({"grid": {"taus": [0.1]}}, "grid key 'taus' is not a decoding key"),
     ({"grid": {"tau": []}}, r"grid.tau=\[\]: must be a non-empty list"),
-    ({"grid": {}}, "grid is empty"),
+    ({"grid": {}}, "grid and points are empty"),
+    ({"grid": {}, "points": [{"beam": 2}]}, r"points\[1\]: key 'beam' is not a decoding key"),
+    ({"grid": {}, "points": [{}]}, r"points\[1\]=\{\}: must be a non-empty mapping"),
+    ({"grid": {}, "points": [{"draft_source": "oracle"}]}, "point 1/1 .*draft_source='oracle' is not one of"),
     ({"grid": {"tau": [0.1, 0.1]}}, "listed twice"),
     ({"grid": {"tau": ["high"]}}, "grid.tau: 'high' is not a number"),
     ({"modes": ["speculative", "beam"]}, "modes=.*unknown mode 'beam'"),
@@ -74,9 +77,14 @@ def test_point_names_and_grid_expansion():
 def test_quickstart_sweep_plans_each_setting_once():
     """24 points; speculative runs once per (tau, draft_len), ar_exit once per exit_bound: 11 runs + baseline."""
     shipped = sweep.plan(sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml")]))
-    assert len(shipped) == 7 and sum(len(r.cfg.modes) for r in shipped if r.cfg is not None) == 2 + 3 + 2
+    assert len(shipped) == 1 + 9 + 5 and sum(len(r.cfg.modes) for r in shipped if r.cfg is not None) == 2 + 3 + 3 + 5
+    variant = shipped[-1]  # the last extra point: lossless self-speculation with early exit
+    assert variant.cfg.modes == ["speculative"] and variant.point == {
+        "draft_source": "parallel", "acceptance": "exact", "early_exit_bound": 0.05}
+    assert loop.decoding_for(variant.cfg, "speculative").draft_len == [1, 7]  # the base setting it did not change
     grid = "{tau: [0.02, 0.05, 0.1, 0.2], draft_len: [[1, 7], [7]], exit_bound: [0.02, 0.05, 0.1]}"
-    cfg = sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml"), "--grid", grid])
+    cfg = sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml"), "--grid", grid,
+                              "--points", "[]"])
     runs = sweep.plan(cfg)
     assert [r.title for r in runs][:3] == ["baseline", "point 1/24", "point 2/24"] and len(runs) == 25
     ran = {r.title: r.cfg.modes for r in runs if r.cfg is not None}

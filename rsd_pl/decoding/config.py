@@ -9,6 +9,7 @@ from rsd_pl.errors import RsdError
 MODES = ("oft", "l1", "parallel", "ar", "ar_exit", "speculative")
 RSD_MODES = MODES[1:]  # the modes that run the RSD main model (oft runs OpenVLA-OFT's own checkpoint)
 ACCEPTANCE_RULES = ("exact", "sampling", "relaxed")
+DRAFT_SOURCES = ("model", "parallel")
 
 
 @dataclass
@@ -26,6 +27,9 @@ class DecodingConfig:
     the last entry repeating: [1, 7] proposes one layer first, then the rest; worth it when the
     report's acceptance by depth shows the first drafted layer is mostly rejected, since every
     proposal after a rejection is wasted draft work."""
+    draft_source: str = "model"
+    """Speculative only: who proposes the layers. model = the trained draft model (draft forwards);
+    parallel = the main model's own parallel head (self-speculation: no draft model, no draft forwards)."""
     tau: float = 0.05
     """relaxed only: max |action difference| in normalised units for a draft layer to pass."""
     temperature: float = 0.0
@@ -47,6 +51,8 @@ class DecodingConfig:
             raise RsdError(f"decoding.mode={self.mode!r} is not one of {MODES}")
         if self.acceptance not in ACCEPTANCE_RULES:
             raise RsdError(f"decoding.acceptance={self.acceptance!r} is not one of {ACCEPTANCE_RULES}")
+        if self.draft_source not in DRAFT_SOURCES:
+            raise RsdError(f"decoding.draft_source={self.draft_source!r} is not one of {DRAFT_SOURCES}")
         lengths = self.draft_lengths
         if not lengths or any(not isinstance(k, int) or k < 1 for k in lengths):
             raise RsdError(f"decoding.draft_len={self.draft_len} must be an int >= 1 or a non-empty list of them")

@@ -12,7 +12,7 @@ from torch import Tensor
 from rsd_pl.decoding.acceptance import AcceptanceRule, ExactRule, RelaxedRule, SamplingRule, choose_codes
 from rsd_pl.decoding.config import DecodingConfig
 from rsd_pl.decoding.interfaces import DraftLike, MainLike, NormalizerLike, TokenizerLike, module_device
-from rsd_pl.decoding.speculative import autoregressive_decode, speculative_decode
+from rsd_pl.decoding.speculative import ParallelHeadDraft, autoregressive_decode, speculative_decode
 from rsd_pl.decoding.stats import ChunkStats, SectionTimer
 from rsd_pl.errors import RsdError
 
@@ -43,14 +43,17 @@ class DecodingEngine:
         config.validate()
         if config.mode == "oft":
             raise RsdError("decoding.mode='oft' runs OpenVLA-OFT's own checkpoint: use rsd_pl.decoding.OFTEngine")
+        if config.mode == "speculative" and config.draft_source == "parallel":
+            draft = ParallelHeadDraft(main)  # self-speculation: a draft model, if given, is not used
         if config.mode == "speculative" and draft is None:
-            raise RsdError("decoding.mode='speculative' needs a draft model, and none was given")
+            raise RsdError("decoding.mode='speculative' with draft_source='model' needs a draft model, and none "
+                           "was given (or set decoding.draft_source='parallel')")
         _check_shapes(main, tokenizer, "tokenizer")
         if draft is not None:
             _check_shapes(main, draft, "draft")
         self.main, self.tokenizer, self.normalizer, self.draft, self.config = main, tokenizer, normalizer, draft, config
         self.device = module_device(main)
-        for module in (main, tokenizer, draft):
+        for module in (main, tokenizer, self.draft):
             if isinstance(module, torch.nn.Module):
                 module.eval()
                 if module is not main:
@@ -102,25 +105,25 @@ class DecodingEngine:
             stats.main_forwards = 1
             return codes
         bound = cfg.exit_bound if cfg.mode == "ar_exit" else cfg.early_exit_bound
-        stop = self._early_exit_check(timer, bound) if bound is not None else None
+        stop = self._early_exit_check(bound) if bound is not None else None
         common = dict(temperature=cfg.temperature, generator=self.generator, stats=stats, timer=timer, stop=stop)
         if cfg.mode in ("ar", "ar_exit"):
             return autoregressive_decode(self.main, batch, **common)
         return speculative_decode(self.main, self.draft, batch, self.rule, draft_lengths=cfg.draft_lengths, **common)
 
-    def _early_exit_check(self, timer: SectionTimer, bound: float):
+    def _early_exit_check(self, bound: float):
         """Stop when the last decided layer moved the decoded action by less than the bound
         (max abs over the chunk, every batch element): finer layers move it less still.
         ar checks after every layer, speculative after every round, so with early exit the two
-        may stop at different depths (without it, exact speculative == greedy ar)."""
+        may stop at different depths (without it, exact speculative == greedy ar). Speculative also stops
+        drafting at the first proposal that passes the check."""
 
-        def stop(codes: Tensor) -> bool:
+        def stop(codes: Tensor) -> bool:  # timed by the caller (decode_s, or draft_s inside drafting)
             if codes.shape[-1] < 2:
                 return False
-            with timer.section("decode_s"):
-                with_last = self.tokenizer.decode_codes(codes)  # [B, T, D]
-                without_last = self.tokenizer.decode_codes(codes[..., :-1])  # [B, T, D]
-                return bool((with_last - without_last).abs().max() < bound)
+            with_last = self.tokenizer.decode_codes(codes)  # [B, T, D]
+            without_last = self.tokenizer.decode_codes(codes[..., :-1])  # [B, T, D]
+            return bool((with_last - without_last).abs().max() < bound)
 
         return stop
 

@@ -7,6 +7,7 @@ Layers are numbered 1..L here as in the contracts; `codes[..., m - 1]` is layer 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ def autoregressive_decode(
         prefill = main.prefill(batch)
         codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
     stats.main_forwards += 1
-    while codes.shape[-1] < main.num_layers and not _stopped(stop, codes, stats):
+    while codes.shape[-1] < main.num_layers and not _stopped(stop, codes, stats, timer):
         m = codes.shape[-1]
         with timer.section("verify_s"):
             logits = main.extend(codes[..., m - 1 :], first_layer=m, cache=prefill.cache)  # [B, 1, T, d, K]
@@ -73,6 +74,9 @@ def speculative_decode(
     5. Crop the main KV cache to the blocks whose codes are now final (layers 1..m-1), and the
        draft's to the blocks it was fed that are still final.
     6. Repeat from 2 until L layers (or the early-exit check stops it).
+    With early exit (`stop`), the draft also stops proposing at the first proposal that passes the check
+    (the exit depth the draft predicts), so the verify never carries layers that cannot change the action.
+    The draft may be the main model's own parallel head (`ParallelHeadDraft`: no draft forwards).
     With a batch, a round ends at the first layer rejected by any element (the cache is shared);
     the other elements keep their own accepted codes for that layer.
     """
@@ -84,16 +88,18 @@ def speculative_decode(
     stats.main_forwards += 1
     draft_cache = None
     rounds = 0
-    while codes.shape[-1] < num_layers and not _stopped(stop, codes, stats):
+    while codes.shape[-1] < num_layers and not _stopped(stop, codes, stats, timer):
         m = codes.shape[-1]
         num_proposed = min(draft_lengths[min(rounds, len(draft_lengths) - 1)], num_layers - m)
         rounds += 1
-        # 2. Draft proposals for layers m+1..m+num_proposed.
+        # 2. Draft proposals for layers m+1..m+num_proposed (fewer if the draft's layers pass `stop`).
         with timer.section("draft_s"):
             if draft_cache is None:
                 draft_cache = draft.start(prefill.query_hidden)
-            proposals, draft_logits = _draft_layers(draft, draft_cache, codes, num_proposed, temperature, generator)
-        stats.draft_forwards += num_proposed
+            proposals, draft_logits = _draft_layers(draft, draft_cache, codes, num_proposed, temperature, generator,
+                                                    stop)
+        num_proposed = proposals.shape[-1]
+        stats.draft_forwards += num_proposed * getattr(draft, "forwards_per_layer", 1)
         with timer.section("verify_s"):
             # 3. One verify forward: blocks of layers m..last_block (block L does not exist).
             last_block = min(m + num_proposed, num_layers - 1)
@@ -121,11 +127,13 @@ def _draft_layers(
     num_proposed: int,
     temperature: float,
     generator: torch.Generator | None,
+    stop: StopCheck | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
-    """-> proposals [B, T, d, num_proposed], draft logits per proposed layer ([B, T, d, K] each).
+    """-> proposals [B, T, d, n <= num_proposed], draft logits per proposed layer ([B, T, d, K] each).
 
     The first forward feeds every decided layer the draft cache lacks; each later one feeds only
-    the previous proposal. The last proposal is never fed (nothing would read its prediction)."""
+    the previous proposal. The last proposal is never fed (nothing would read its prediction).
+    With `stop`, drafting ends at the first proposal after which `stop` holds for codes + proposals."""
     fed = cache.num_blocks
     logits = draft.extend(codes[..., fed:], fed + 1, cache)[:, -1]  # [B, T, d, K] for layer m+1
     layers, logits_per_layer = [], []
@@ -134,6 +142,8 @@ def _draft_layers(
             logits = draft.extend(layers[-1].unsqueeze(-1), codes.shape[-1] + i, cache)[:, 0]
         layers.append(choose_codes(logits, temperature, generator))  # [B, T, d]
         logits_per_layer.append(logits)
+        if stop is not None and i + 1 < num_proposed and stop(torch.cat([codes, torch.stack(layers, -1)], -1)):
+            break
     return torch.stack(layers, dim=-1), logits_per_layer
 
 
@@ -166,8 +176,33 @@ def _accept_run(
     return decided, all_accepted
 
 
-def _stopped(stop: StopCheck | None, codes: Tensor, stats: ChunkStats) -> bool:
-    if stop is None or not stop(codes):
+def _stopped(stop: StopCheck | None, codes: Tensor, stats: ChunkStats, timer: SectionTimer) -> bool:
+    if stop is None:
         return False
+    with timer.section("decode_s"):
+        if not stop(codes):
+            return False
     stats.early_exit = True
     return True
+
+
+class ParallelHeadDraft:
+    """Self-speculation: the main model's own parallel head as the draft. Its logits for every layer come
+    from the Q outputs of the prefill, so proposing costs no draft forward (one small head, once per chunk);
+    the proposals do not depend on the codes decided so far. Implements the DraftLike cache protocol."""
+
+    forwards_per_layer = 0  # counted in ChunkStats.draft_forwards
+
+    def __init__(self, main: MainLike) -> None:
+        self.main = main
+
+    def start(self, query_hidden: Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.main.parallel_logits(query_hidden), num_blocks=0)  # [B, L, T, d, K]
+
+    def extend(self, codes: Tensor, first_layer: int, cache: SimpleNamespace) -> Tensor:
+        """-> the head's logits [B, n, T, d, K] of layers first_layer+1..first_layer+n (codes are not read)."""
+        cache.num_blocks = first_layer - 1 + codes.shape[-1]
+        return cache.logits[:, first_layer : first_layer + codes.shape[-1]]
+
+    def crop_cache(self, cache: SimpleNamespace, num_blocks: int) -> None:
+        cache.num_blocks = num_blocks

@@ -139,9 +139,9 @@ def validate_config(cfg: EvalConfig) -> None:
     if not cfg.main and any(m in RSD_MODES for m in cfg.modes):
         raise RsdError(f"modes={cfg.modes} include RSD modes, which need a main model: set main (e.g. main@best) "
                        "or evaluate only modes=[oft]")
-    if any(m in DRAFT_MODES for m in cfg.modes) and not cfg.draft:
+    if any(m in DRAFT_MODES for m in cfg.modes) and cfg.decoding.draft_source == "model" and not cfg.draft:
         raise RsdError(f"modes={cfg.modes} include speculative, which needs a draft model: set draft "
-                       "(e.g. draft@best) or remove speculative from modes")
+                       "(e.g. draft@best), decoding.draft_source=parallel, or remove speculative from modes")
     if not 1 <= cfg.num_trials <= INIT_STATES_PER_TASK:
         raise RsdError(f"num_trials={cfg.num_trials}: must be in 1..{INIT_STATES_PER_TASK} "
                        "(the benchmark's init states per task)")
@@ -166,8 +166,10 @@ def validate_config(cfg: EvalConfig) -> None:
 
 
 def decoding_for(cfg: EvalConfig, mode: str) -> DecodingConfig:
-    """The shared engine settings with this mode (early exit only where the mode supports it)."""
-    early_exit = cfg.decoding.early_exit_bound if mode in ("ar", "speculative") else None
+    """The shared engine settings with this mode. decoding.early_exit_bound applies to speculative only: in an
+    eval, `ar` is always all L layers (the reference of the report and of the action gap) and ar with early
+    exit is the `ar_exit` mode (its own `exit_bound`)."""
+    early_exit = cfg.decoding.early_exit_bound if mode == "speculative" else None
     return dataclasses.replace(cfg.decoding, mode=mode, early_exit_bound=early_exit)
 
 

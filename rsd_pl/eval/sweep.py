@@ -31,16 +31,16 @@ from rsd_pl.eval.loop import EvalConfig
 from rsd_pl.eval.report import _json_safe, episode_key, mode_summary, read_episodes
 from rsd_pl.eval.sweep_plot import tradeoff_figure
 
-GRID_KEYS = ("tau", "draft_len", "exit_bound", "early_exit_bound", "temperature", "acceptance")
+GRID_KEYS = ("tau", "draft_len", "exit_bound", "early_exit_bound", "temperature", "acceptance", "draft_source")
 NUMBER_KEYS = ("tau", "exit_bound", "early_exit_bound", "temperature")
 MODE_KEYS: dict[str, tuple[str, ...]] = {
-    "oft": (), "l1": (), "parallel": ("temperature",), "ar": ("temperature", "early_exit_bound"),
+    "oft": (), "l1": (), "parallel": ("temperature",), "ar": ("temperature",),
     "ar_exit": ("temperature", "exit_bound"),
-    "speculative": ("acceptance", "tau", "draft_len", "temperature", "early_exit_bound"),
+    "speculative": ("acceptance", "tau", "draft_len", "temperature", "early_exit_bound", "draft_source"),
 }
 """The decoding keys each mode reads (rsd_pl.decoding.engine); tau only under relaxed acceptance."""
 SHORT = {"tau": "tau ", "draft_len": "k ", "exit_bound": "exit ", "early_exit_bound": "early exit ",
-         "temperature": "T ", "acceptance": ""}  # plot labels: 'tau 0.05, k 1-7'
+         "temperature": "T ", "acceptance": "", "draft_source": "draft "}  # plot labels: 'tau 0.05, k 1-7'
 BASELINE = "baseline"
 PLOT = "plots/sweep_tradeoff.png"
 
@@ -54,7 +54,10 @@ class SweepConfig:
     its modes, reference_mode and out are replaced per run."""
     grid: dict[str, list] = field(default_factory=dict)
     """Decoding key -> values; the points are all combinations. Keys: tau, draft_len, exit_bound,
-    early_exit_bound, temperature, acceptance."""
+    early_exit_bound, temperature, acceptance, draft_source."""
+    points: list[dict[str, Any]] = field(default_factory=list)
+    """Extra points after the grid's, each a dict of the same keys (variants no product grid gives, e.g.
+    {draft_source: parallel, acceptance: exact, early_exit_bound: 0.05})."""
     modes: list[str] = field(default_factory=lambda: ["speculative", "ar_exit"])
     """The modes every grid point runs (each once per distinct setting of the keys it reads)."""
     baseline_modes: list[str] = field(default_factory=lambda: ["ar", "parallel"])
@@ -106,8 +109,13 @@ def _check_names(cfg: SweepConfig) -> None:
         if problem := (f"unknown mode {unknown[0]!r}" if unknown else "a mode is listed twice"
                        if len(set(modes)) != len(modes) else "empty" if what == "modes" and not modes else ""):
             raise RsdError(f"{what}={modes}: {problem}; {what} are distinct modes of {MODES}")
-    if not cfg.grid:
-        raise RsdError(f"grid is empty: give at least one of {GRID_KEYS} with its values")
+    if not cfg.grid and not cfg.points:
+        raise RsdError(f"grid and points are empty: give at least one of {GRID_KEYS} with its values")
+    for index, point in enumerate(cfg.points, start=1):
+        if not isinstance(point, dict) or not point:
+            raise RsdError(f"points[{index}]={point!r}: must be a non-empty mapping of {GRID_KEYS} to one value each")
+        if unknown := [k for k in point if k not in GRID_KEYS]:
+            raise RsdError(f"points[{index}]: key {unknown[0]!r} is not a decoding key the sweep varies: {GRID_KEYS}")
     for key, values in cfg.grid.items():
         if key not in GRID_KEYS:
             raise RsdError(f"grid key {key!r} is not a decoding key the sweep varies: {GRID_KEYS}")
@@ -138,7 +146,8 @@ def plan(cfg: SweepConfig) -> list[Run]:
         runs.append(Run(BASELINE, {}, _run_cfg(cfg, BASELINE, cfg.baseline_modes, cfg.eval.decoding)))
         for mode in cfg.baseline_modes:
             done[json.dumps([mode, settings_of(loop.decoding_for(cfg.eval, mode))])] = BASELINE
-    points, used = expand_grid(cfg.grid), set()
+    grid_points = expand_grid(cfg.grid) if cfg.grid else []
+    points, used = grid_points + [dict(p) for p in cfg.points], set()
     for index, point in enumerate(points, start=1):
         title, name = f"point {index}/{len(points)}", point_name(point)
         try:
@@ -147,7 +156,8 @@ def plan(cfg: SweepConfig) -> list[Run]:
                         for m in cfg.modes}
         except RsdError as error:
             raise RsdError(f"sweep {title} ({name}): {error}") from error
-        used |= {k for settings in per_mode.values() for k in settings}
+        if index <= len(grid_points):
+            used |= {k for settings in per_mode.values() for k in settings}
         owner = {m: done.setdefault(json.dumps([m, settings]), title) for m, settings in per_mode.items()}
         new = [m for m in cfg.modes if owner[m] == title]
         runs.append(Run(title, point, _run_cfg(cfg, name, new, decoding) if new else None,
@@ -254,7 +264,10 @@ def _success(row: dict[str, Any]) -> str:
 def markdown(sweep: dict[str, Any]) -> str:
     """sweep.md: the episodes, the grid, every row, the rows not dominated, the plot."""
     rows, episodes = sweep["rows"], sweep["episodes"]
-    grid = " x ".join(f"{key} {values}" for key, values in sweep["grid"].items())
+    grid = " x ".join(f"{key} {values}" for key, values in sweep["grid"].items()) or "none"
+    if sweep.get("points"):
+        grid += "; extra points: " + "; ".join(", ".join(f"{k} {value_text(v)}" for k, v in p.items())
+                                               for p in sweep["points"])
     lines = ["# Decoding sweep", "",
              f"{episodes['per_row']} episode(s) per row ({', '.join(episodes['suites'])}, tasks {episodes['tasks']}, "
              f"trials 0-{episodes['num_trials'] - 1}, seed {episodes['seed']}), the same episodes in every row.",
@@ -298,7 +311,7 @@ def write_sweep(cfg: SweepConfig, runs: list[Run]) -> dict[str, Any]:
     sweep = {"episodes": {"suites": first.suites, "tasks": first.tasks, "num_trials": first.num_trials,
                           "seed": first.seed, "per_row": len(loop.episode_list(first))},
              "deviation_reference": getattr(first, "deviation_reference", None), "grid": cfg.grid,
-             "modes": cfg.modes, "baseline_modes": cfg.baseline_modes, "rows": rows,
+             "points": cfg.points, "modes": cfg.modes, "baseline_modes": cfg.baseline_modes, "rows": rows,
              "non_dominated": [r["setting"] for r in rows if r["non_dominated"]], "plot": None}
     fig = tradeoff_figure(rows)
     if fig is not None:
