@@ -34,7 +34,7 @@ from rsd_pl.envs import (
     task_info,
 )
 from rsd_pl.errors import RsdError
-from rsd_pl.experts.pick_place import PickPlaceExpert
+from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
 from rsd_pl.experts.rollout import ExpertEpisode, run_expert_episode
 
 
@@ -62,15 +62,35 @@ class CollectConfig:
     """Policy steps per episode (default: the suite's); a timeout is a failure, not kept."""
     seed: int = 0
     """Env seed."""
+    grasp_side: str = "+x"
+    """Bowls (rim grasps): +x (default), -x, centre (the average of the two, which fails: a control), or random:
+    +x or -x per demo, drawn from (seed, task, init state), recorded in each demo's `grasp_side` attribute
+    (+1 / -1). `random` gives the bimodal demos of the multimodality experiment."""
 
     def validate(self) -> None:
         suite_spec(self.suite)
         unknown = [c for c in self.cameras if c not in CAMERAS]
         if unknown or not self.cameras:
             raise RsdError(f"--cameras {self.cameras}: use one or more of {', '.join(CAMERAS)}")
+        if self.grasp_side not in GRASP_SIDES:
+            raise RsdError(f"--grasp_side {self.grasp_side!r}: use one of {', '.join(GRASP_SIDES)}")
         for name in ("episodes", "image_size", "workers"):
             if getattr(self, name) < 1:
                 raise RsdError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+GRASP_SIDES = ("+x", "-x", "centre", "random")
+
+
+def grasp_side_for(cfg: CollectConfig, task_id: int, init_state_index: int) -> int:
+    """The expert's grasp side (1 = +x, -1 = -x, 0 = centre) for one demo; `random` is reproducible per demo."""
+    if cfg.grasp_side == "random":
+        return int(np.random.default_rng([cfg.seed, task_id, init_state_index]).choice([1, -1]))
+    return {"+x": 1, "-x": -1, "centre": 0}[cfg.grasp_side]
+
+
+def allowed_sides(cfg: CollectConfig) -> set[int]:
+    return {1, -1} if cfg.grasp_side == "random" else {grasp_side_for(cfg, 0, 0)}
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,7 @@ class Job:
     cameras: tuple[str, ...]
     max_steps: int | None
     seed: int
+    grasp_side: int = 1
 
 
 # --- worker side -----------------------------------------------------------------------------
@@ -97,7 +118,8 @@ def run_job(job: Job) -> ExpertEpisode:
         _WORKER_ENV.clear()
         _WORKER_ENV[key] = LiberoEnv(job.suite, job.task_id, camera_size=job.image_size, cameras=job.cameras,
                                      seed=job.seed)
-    return run_expert_episode(_WORKER_ENV[key], job.init_state_index, job.max_steps, record=True)
+    expert = PickPlaceExpert(ExpertConfig(grasp_side=job.grasp_side))
+    return run_expert_episode(_WORKER_ENV[key], job.init_state_index, job.max_steps, record=True, expert=expert)
 
 
 # --- parent side -----------------------------------------------------------------------------
@@ -163,13 +185,18 @@ def collect_task(cfg: CollectConfig, task_id: int, submit, progress: tqdm) -> tu
 
 
 def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress: tqdm) -> tuple[int, int]:
-    done = {int(a["init_state_index"]) for a in writer.existing_demos() if "init_state_index" in a}
+    existing = writer.existing_demos()
+    done = {int(a["init_state_index"]) for a in existing if "init_state_index" in a}
+    if unexpected := sorted({int(a.get("grasp_side", 1)) for a in existing} - allowed_sides(cfg)):
+        raise RsdError(f"{writer.path}: holds demos with grasp_side {unexpected}, but --grasp_side is "
+                       f"{cfg.grasp_side!r}: use another --out, or the same --grasp_side to resume")
     progress.update(min(len(done), cfg.episodes))
     needed = cfg.episodes - len(done)
     if needed <= 0:
         return 0, 0
     count = num_init_states(cfg.suite, task_id)
-    jobs = [Job(cfg.suite, task_id, i, cfg.image_size, tuple(cfg.cameras), cfg.max_steps, cfg.seed)
+    jobs = [Job(cfg.suite, task_id, i, cfg.image_size, tuple(cfg.cameras), cfg.max_steps, cfg.seed,
+                grasp_side_for(cfg, task_id, i))
             for i in pending_init_states(cfg.init_states, done, count, f"{cfg.suite} task {task_id}")]
     added = failed = 0
     for episode in _run_jobs(jobs, needed, submit):
@@ -179,7 +206,8 @@ def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress
             continue
         writer.add_demo(actions=episode.actions, states=episode.states, robot_states=episode.robot_states,
                         rewards=_rewards(episode), dones=_rewards(episode).astype(np.uint8), obs=episode.obs,
-                        attrs={"init_state_index": episode.init_state_index, "expert": "pick_place"})
+                        attrs={"init_state_index": episode.init_state_index, "expert": "pick_place",
+                               "grasp_side": episode.grasp_side})
         added += 1
         progress.update(1)
     return added, failed

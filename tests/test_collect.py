@@ -205,3 +205,16 @@ class _NoBar:
 
     def set_postfix(self, **kwargs) -> None:
         pass
+
+
+def test_grasp_side_per_demo_is_reproducible_and_checked():
+    from rsd_pl.collect import CollectConfig, allowed_sides, grasp_side_for
+
+    cfg = CollectConfig(grasp_side="random", seed=0)
+    sides = [grasp_side_for(cfg, 0, i) for i in range(40)]
+    assert sides == [grasp_side_for(cfg, 0, i) for i in range(40)] and set(sides) == {1, -1}
+    assert 10 < sides.count(1) < 30 and allowed_sides(cfg) == {1, -1}
+    assert grasp_side_for(CollectConfig(grasp_side="-x"), 0, 5) == -1
+    assert allowed_sides(CollectConfig(grasp_side="centre")) == {0}
+    with pytest.raises(RsdError, match="--grasp_side 'left'"):
+        CollectConfig(grasp_side="left").validate()

@@ -89,6 +89,8 @@ class EvalConfig:
     video_fps: int = 20
     video_size: int = 128
     """Side of each camera in the videos: rendered anew at this size when the model's camera is smaller."""
+    record_paths: bool = False
+    """Log each episode's end-effector, gripper and picked-object path in episodes.jsonl (`path`); num_envs 1."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu."""
     devices: int | str = 1
@@ -147,6 +149,9 @@ def validate_config(cfg: EvalConfig) -> None:
                        "(the benchmark's init states per task)")
     if cfg.num_envs < 1:
         raise RsdError(f"num_envs={cfg.num_envs}: must be >= 1 (LIBERO environments per device)")
+    if cfg.record_paths and cfg.num_envs != 1:
+        raise RsdError(f"record_paths needs num_envs=1 (got {cfg.num_envs}): paths are logged by the in-process "
+                       "episode runner")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise RsdError(f"torch_threads={cfg.torch_threads}: must be >= 1 or null")
     if cfg.camera_size < 1:
@@ -219,8 +224,9 @@ class EvalModule(L.LightningModule):
 
     def __init__(self, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec, out_dir: str | Path,
                  camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS, num_envs: int = 1,
-                 video_size: int | None = None) -> None:
+                 video_size: int | None = None, record_paths: bool = False) -> None:
         super().__init__()
+        self.record_paths = record_paths
         self.models = models
         self.make_policy = make_policy
         """make_policy(mode) -> policy with reset() / select_action(batch) / stats.chunks (RSDPolicy)."""
@@ -273,7 +279,7 @@ class EvalModule(L.LightningModule):
         result = run_episode(env, self._policies[mode], item["max_steps"], trial=item["trial"],
                              seed=item["seed"], mode=mode, image_size=self.obs.image_size,
                              image_pipeline=self.obs.image_pipeline, video_size=self.video_size,
-                             record_frames=item["record"])
+                             record_frames=item["record"], record_path=self.record_paths)
         engine = getattr(self._policies[mode], "engine", None)
         if engine is not None:
             result.decoding = engine.config.to_dict()
@@ -360,7 +366,7 @@ def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsS
         collate = first_item if cfg.num_envs == 1 else list
         loader = DataLoader(EpisodeDataset(items), batch_size=cfg.num_envs, shuffle=False, collate_fn=collate)
         module = EvalModule(models, make_policy, obs, out_dir, cfg.camera_size, cfg.video_fps, cfg.shadows,
-                            num_envs=cfg.num_envs, video_size=cfg.video_size)
+                            num_envs=cfg.num_envs, video_size=cfg.video_size, record_paths=cfg.record_paths)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:

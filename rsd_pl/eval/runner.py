@@ -97,6 +97,10 @@ class EpisodeResult:
     video: str | None = None
     decoding: dict[str, Any] = field(default_factory=dict)
     """The engine settings this episode ran with (acceptance rule, tau, draft_len, temperature...)."""
+    path: dict[str, Any] | None = None
+    """With EvalConfig.record_paths: per policy step, the end-effector xyz before the step (`eef`), the gripper
+    command (`gripper`, -1 open / +1 close) and the xyz of the object the goal picks (`object`, named in
+    `object_name`); for trajectory plots and the multimodality experiment's mode classification."""
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
     """uint8 [S, V*S, 3] frames when recording was asked; never written to the JSONL."""
 
@@ -135,10 +139,14 @@ def frame_of(env: EpisodeEnv, obs: dict, size: int | None = None) -> np.ndarray 
 
 
 def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
-             image_size: int, image_pipeline: str, record_frames: bool, video_size: int | None = None) -> None:
-    """Steps the episode, updating result.steps / status / frames as it goes."""
+             image_size: int, image_pipeline: str, record_frames: bool, video_size: int | None = None,
+             record_path: bool = False) -> None:
+    """Steps the episode, updating result.steps / status / frames (/ path) as it goes."""
     policy.reset()  # empty action queue (statistics accumulate; this episode's are sliced after)
     obs = env.reset(result.trial, wait=True)  # benchmark init state + WAIT_STEPS no-op steps
+    if record_path:
+        picked = env.goal[0][1]  # the object of the goal's first predicate (on / in X Y)
+        result.path = {"object_name": picked, "eef": [], "gripper": [], "object": []}
     for _ in range(max_steps):
         if record_frames and (frame := frame_of(env, obs, video_size)) is not None:
             result.frames.append(frame)
@@ -147,7 +155,12 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
         # own observation, i.e. exactly as the demonstrations stored them
         action = policy.select_action(lambda obs=obs: env.batch(obs, image_size, image_pipeline))
         render = record_frames or getattr(policy, "will_query", True)
-        obs, _, _, _ = env.step(to_env_action(action), render=render)
+        action = to_env_action(action)
+        if result.path is not None:
+            result.path["eef"].append(np.round(obs["robot0_eef_pos"], 5).tolist())
+            result.path["gripper"].append(float(action[6]))
+            result.path["object"].append(np.round(env.entity_pos(result.path["object_name"]), 5).tolist())
+        obs, _, _, _ = env.step(action, render=render)
         result.steps += 1
         if env.success():
             result.success, result.status = True, "success"
@@ -182,7 +195,8 @@ def add_chunk_stats(result: EpisodeResult, chunk_stats: list[Any], shares: list[
 
 def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial: int, seed: int,
                 mode: str, image_size: int, image_pipeline: str = "resize",
-                record_frames: bool = False, video_size: int | None = None) -> EpisodeResult:
+                record_frames: bool = False, video_size: int | None = None,
+                record_path: bool = False) -> EpisodeResult:
     """Run one episode (protocol in the module docstring) and return its result.
 
     max_steps: policy steps after the wait (the suite's `SuiteSpec.max_steps` for the benchmark).
@@ -196,7 +210,7 @@ def run_episode(env: EpisodeEnv, policy: EpisodePolicy, max_steps: int, *, trial
     first_chunk = len(policy.stats.chunks)  # the policy keeps statistics across episodes
     start = time.perf_counter()
     try:
-        _rollout(env, policy, result, max_steps, image_size, image_pipeline, record_frames, video_size)
+        _rollout(env, policy, result, max_steps, image_size, image_pipeline, record_frames, video_size, record_path)
     except RsdError:
         raise
     except Exception:  # recorded as this episode's error, printed, counted separately; never a success

@@ -7,7 +7,7 @@ import time
 from jsonargparse import ArgumentParser
 
 from rsd_pl.envs import LiberoEnv, check_index, parse_index_list, suite_spec
-from rsd_pl.experts.pick_place import PickPlaceExpert
+from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
 from rsd_pl.experts.rollout import run_expert_episode
 
 
@@ -20,6 +20,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max_steps", type=int | None, default=None,
                         help="policy steps per episode (default: the suite's)")
     parser.add_argument("--seed", type=int, default=0, help="env seed")
+    parser.add_argument("--grasp_side", type=int, default=1, choices=[1, -1, 0],
+                        help="bowls: rim grasp at +x (1, default), at -x (-1), or at the centre (0: the average of "
+                             "the two, the multimodality experiment's control)")
     return parser
 
 
@@ -38,7 +41,8 @@ def main(argv: list[str]) -> int:
                 continue
             start, ok, failed = time.time(), 0, []
             for index in inits:
-                episode = run_expert_episode(env, index, args.max_steps)
+                expert = PickPlaceExpert(ExpertConfig(grasp_side=args.grasp_side))
+                episode = run_expert_episode(env, index, args.max_steps, expert=expert)
                 ok += episode.success
                 if not episode.success:
                     failed.append(index)

@@ -13,7 +13,9 @@ parsed BDDL, then drives the gripper through fixed phases with a proportional OS
 
 Objects wider than the gripper opening (bowls) are grasped by the rim, `rim_offset` along +x of the
 object's centre with the fingers closing along x (the recipe of DESIGN.md section 7); others at
-their centre, fingers closing across their narrowest horizontal side.
+their centre, fingers closing across their narrowest horizontal side. `grasp_side` -1 grasps the rim
+on the opposite side (-x), a second way of solving the same task (the multimodality experiment);
+0 aims at the bowl's centre, the average of the two ways.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ExpertConfig:
 
     max_grip_width: float = 0.075   # wider objects are grasped by the rim
     rim_offset: float = 0.047       # rim grasp point along +x of the object's centre
+    grasp_side: int = 1             # rim grasp at +x (1), at -x (-1), or the average of both: the centre (0)
     rim_depth: float = 0.025        # rim grasp below the rim's local top (bowls may sit tilted)
     grasp_depth: float = 0.03       # centre grasp below the object's top ...
     finger_reach: float = 0.012     # ... but the eef no lower than this above the object's bottom
@@ -86,6 +89,12 @@ class PickPlaceExpert:
         self.grasp_z = 0.0                   # eef height at the grasp, measured when the descent ends
         start = self._object()
         self.rim = start.minor_width > self.config.max_grip_width  # cannot close across it
+        if self.config.grasp_side not in (-1, 0, 1):
+            raise ValueError(f"grasp_side={self.config.grasp_side}: must be 1 (+x), -1 (-x) or 0 (centre)")
+        if self.config.grasp_side != 1 and not self.rim:
+            raise ValueError(f"{env.task_name}: grasp_side={self.config.grasp_side} needs a rim-grasped object "
+                             f"(wider than {self.config.max_grip_width} m); {self.object_name} is grasped at its "
+                             "centre")
         self.close_dir, self.shift_xy = 0.0, np.zeros(2)  # rim grasp: fingers close along x (yaw 90 deg)
         if not self.rim:
             self.close_dir, self.shift_xy = self._clear_centre_grasp(raw, start)
@@ -132,7 +141,7 @@ class PickPlaceExpert:
     def _grasp_point(self, obj: Extent) -> np.ndarray:
         cfg = self.config
         if self.rim:
-            xy = obj.center[:2] + [cfg.rim_offset, 0.0]
+            xy = obj.center[:2] + [cfg.grasp_side * cfg.rim_offset, 0.0]
             top = local_top(self._points, xy, radius=0.02)
             return np.array([*xy, (obj.top if top is None else top) - cfg.rim_depth])
         z = max(obj.top - cfg.grasp_depth, obj.bottom + cfg.finger_reach)
