@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_decoding import make_engine
 
-from rsd_pl.decoding import DecodingConfig, DecodingEngine
+from rsd_pl.decoding import DecodingConfig
 from rsd_pl.errors import RsdError
-from tests.stubs import (
-    ScriptedDraft,
-    single_thread,  # noqa: F401  (fixture)
-    tiny_batch,
-    tiny_draft,
-    tiny_main,
-    tiny_normalizer,
-    tiny_tokenizer,
-)
+from tests.stubs import ScriptedDraft, single_thread, tiny_batch, tiny_draft, tiny_main  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def make_engine(main, mode: str, draft=None, **config) -> DecodingEngine:
-    return DecodingEngine(main, tiny_tokenizer(main), tiny_normalizer(), DecodingConfig(mode=mode, **config), draft)
 
 
 @pytest.mark.parametrize("draft_len", [1, 3, 7, [1, 7]])
