@@ -34,8 +34,8 @@ from rsd_pl.envs import (
     task_info,
 )
 from rsd_pl.errors import RsdError
-from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
 from rsd_pl.experts.rollout import ExpertEpisode, run_expert_episode
+from rsd_pl.experts.select import SUPPORTED, expert_for, supports
 
 
 @dataclass
@@ -118,7 +118,7 @@ def run_job(job: Job) -> ExpertEpisode:
         _WORKER_ENV.clear()
         _WORKER_ENV[key] = LiberoEnv(job.suite, job.task_id, camera_size=job.image_size, cameras=job.cameras,
                                      seed=job.seed)
-    expert = PickPlaceExpert(ExpertConfig(grasp_side=job.grasp_side))
+    expert = expert_for(_WORKER_ENV[key].goal, job.grasp_side)
     return run_expert_episode(_WORKER_ENV[key], job.init_state_index, job.max_steps, record=True, expert=expert)
 
 
@@ -250,9 +250,9 @@ def main(argv: list[str]) -> int:
     tasks = [check_index(f"task id for {spec.name}", t, spec.num_tasks) for t in parse_index_list(cfg.tasks)]
     for task_id in tasks:  # index, schema and corruption checks before any simulation
         where, info = f"{cfg.suite} task {task_id}", task_info(cfg.suite, task_id)
-        if not PickPlaceExpert.supports(info.goal):
-            raise RsdError(f"{where} ({info.instruction!r}): goal {info.goal} is not supported by the "
-                           "pick-and-place expert (it handles one on/in goal)")
+        if not supports(info.goal):
+            raise RsdError(f"{where} ({info.instruction!r}): goal {info.goal}: no scripted expert for it "
+                           f"(they handle {SUPPORTED})")
         pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
         writer = open_writer(cfg, task_id)
         if writer.path.exists():  # validates schema and integrity; a new file is only created when written

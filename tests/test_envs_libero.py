@@ -89,3 +89,24 @@ def test_bad_task_and_init_index(blind_env):
         LiberoEnv("libero_spatial", 10, camera_size=None)
     with pytest.raises(RsdError, match="unknown LIBERO suite"):
         LiberoEnv("libero_nope", 0)
+
+
+def test_stove_expert_turns_the_knob_on():
+    """libero_goal 'turn on the stove' (goal turnon(flat_stove_1)): the expert chosen for the goal pushes the knob's
+    lever past LIBERO's 0.5 rad threshold and the env reports success."""
+    from rsd_pl.experts.articulated import StoveExpert
+    from rsd_pl.experts.select import expert_for
+
+    with LiberoEnv("libero_goal", 7, camera_size=None) as env:
+        assert isinstance(expert_for(env.goal), StoveExpert)
+        episode = run_expert_episode(env, 0)
+        knob = env.raw.sim.model.joint_name2id("flat_stove_1_button")
+        angle = float(env.raw.sim.data.qpos[env.raw.sim.model.jnt_qposadr[knob]])
+    assert episode.success and episode.steps < env.max_steps and angle >= 0.5
+
+
+def test_expert_for_an_unsupported_goal_names_it():
+    from rsd_pl.experts.select import expert_for
+
+    with pytest.raises(ValueError, match=r"goal \[\['open', 'wooden_cabinet_1_middle_region'\]\]: no scripted expert"):
+        expert_for([["open", "wooden_cabinet_1_middle_region"]])

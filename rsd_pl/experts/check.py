@@ -7,8 +7,8 @@ import time
 from jsonargparse import ArgumentParser
 
 from rsd_pl.envs import LiberoEnv, check_index, parse_index_list, suite_spec
-from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
 from rsd_pl.experts.rollout import run_expert_episode
+from rsd_pl.experts.select import expert_for, supports
 
 
 def build_parser() -> ArgumentParser:
@@ -36,12 +36,12 @@ def main(argv: list[str]) -> int:
         with LiberoEnv(spec.name, task_id, camera_size=None, seed=args.seed) as env:
             for index in inits:
                 check_index(f"init state index for {spec.name} task {task_id}", index, env.num_init_states)
-            if not PickPlaceExpert.supports(env.goal):
+            if not supports(env.goal):
                 print(f"{spec.name} task {task_id}: unsupported goal {env.goal} (skipped) {env.instruction}")
                 continue
             start, ok, failed = time.time(), 0, []
             for index in inits:
-                expert = PickPlaceExpert(ExpertConfig(grasp_side=args.grasp_side))
+                expert = expert_for(env.goal, args.grasp_side)
                 episode = run_expert_episode(env, index, args.max_steps, expert=expert)
                 ok += episode.success
                 if not episode.success:

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rsd_pl.experts.pick_place import PickPlaceExpert
-
 
 @dataclass
 class ExpertEpisode:
@@ -24,14 +22,18 @@ class ExpertEpisode:
 
 
 def run_expert_episode(env, init_state_index: int, max_steps: int | None = None, record: bool = False,
-                       expert: PickPlaceExpert | None = None) -> ExpertEpisode:
-    """Reset `env` to an init state (with the wait steps), let the expert act until the env reports
-    success or `max_steps` (default: the suite's) run out. A timeout is a failure.
+                       expert=None) -> ExpertEpisode:
+    """Reset `env` to an init state (with the wait steps), let the expert (default: the one for the env's goal,
+    `rsd_pl.experts.select.expert_for`) act until the env reports success or `max_steps` (default: the suite's)
+    run out. A timeout is a failure.
 
     With `record`, keeps for every step the observation and state *before* the action, as upstream
     LIBERO's demo files do.
     """
-    expert = expert or PickPlaceExpert()
+    if expert is None:
+        from rsd_pl.experts.select import expert_for
+
+        expert = expert_for(env.goal)
     max_steps = env.max_steps if max_steps is None else max_steps
     obs = env.reset(init_state_index)
     expert.reset(env)
@@ -49,7 +51,7 @@ def run_expert_episode(env, init_state_index: int, max_steps: int | None = None,
             success = True
             break
     episode = ExpertEpisode(init_state_index, success, len(actions), np.stack(actions),
-                            grasp_side=expert.config.grasp_side)
+                            grasp_side=getattr(getattr(expert, "config", None), "grasp_side", 1))
     if record:
         episode.states, episode.robot_states = np.stack(states), np.stack(robot_states)
         episode.obs = {key: np.stack([r[key] for r in records]) for key in records[0]}
