@@ -118,7 +118,7 @@ def run_job(job: Job) -> ExpertEpisode:
         _WORKER_ENV.clear()
         _WORKER_ENV[key] = LiberoEnv(job.suite, job.task_id, camera_size=job.image_size, cameras=job.cameras,
                                      seed=job.seed)
-    expert = expert_for(_WORKER_ENV[key].goal, job.grasp_side)
+    expert = expert_for(_WORKER_ENV[key].goal, job.grasp_side, env=_WORKER_ENV[key])
     return run_expert_episode(_WORKER_ENV[key], job.init_state_index, job.max_steps, record=True, expert=expert)
 
 

@@ -105,8 +105,24 @@ def test_stove_expert_turns_the_knob_on():
     assert episode.success and episode.steps < env.max_steps and angle >= 0.5
 
 
+def test_drawer_expert_opens_the_middle_drawer():
+    """libero_goal 'open the middle drawer of the cabinet' (goal open(wooden_cabinet_1_middle_region)): the gripper
+    turns horizontal, closes on the handle under the top drawer's and pulls the drawer past LIBERO's -0.14 m."""
+    from rsd_pl.experts.articulated import DrawerExpert
+    from rsd_pl.experts.select import expert_for
+
+    with LiberoEnv("libero_goal", 0, camera_size=None) as env:
+        assert isinstance(expert_for(env.goal, env=env), DrawerExpert)
+        episode = run_expert_episode(env, 0)
+        sim = env.raw.sim
+        opening = float(sim.data.qpos[sim.model.jnt_qposadr[sim.model.joint_name2id("wooden_cabinet_1_middle_level")]])
+    assert episode.success and opening < -0.14
+
+
 def test_expert_for_an_unsupported_goal_names_it():
     from rsd_pl.experts.select import expert_for
 
-    with pytest.raises(ValueError, match=r"goal \[\['open', 'wooden_cabinet_1_middle_region'\]\]: no scripted expert"):
-        expert_for([["open", "wooden_cabinet_1_middle_region"]])
+    basket = "basket_1_contain_region"
+    two_goals = [["in", "alphabet_soup_1", basket], ["in", "tomato_sauce_1", basket]]
+    with pytest.raises(ValueError, match=r"goal \[\['in', 'alphabet_soup_1'.*: no scripted expert"):
+        expert_for(two_goals)

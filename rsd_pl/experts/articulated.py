@@ -1,6 +1,12 @@
 """Waypoint experts for LIBERO's articulated goals. Like the pick-and-place expert they read the scene (privileged)
 and drive the gripper with the proportional OSC_POSE controller of `geometry.pose_action`.
 
+`open(<cabinet>_<level>_region)`: the drawer body `<cabinet>_cabinet_<level>` slides on a joint that opens at
+negative qpos (LIBERO: open below -0.14 m), so the pull direction is minus the joint axis in world coordinates and the
+handle is the drawer's collision geom furthest along it. The handle sits under the next drawer's handle, so a
+downward gripper cannot reach it: the gripper turns horizontal, points into the handle with its fingers closing
+vertically, closes on the bar, pulls 20 cm, lets go and rises clear of the drawer.
+
 `turnon(<stove>)`: the knob turns about a vertical hinge and counts as on above 0.5 rad (LIBERO's FlatStove). Its
 lever is the knob body's top 2 cm of collision geometry; the closed gripper goes down beside the lever's arm that
 points away from the robot and pushes it round, always perpendicular to the lever at its current angle (read from
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsd_pl.experts.geometry import gripper_down, pose_action, quat_to_matrix
+from rsd_pl.experts.geometry import DOWN, gripper_down, pose_action, quat_to_matrix, rot_z
 from rsd_pl.experts.scene import body_points
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
@@ -28,6 +34,7 @@ class Waypoint:
     gripper: float
     speed: float = 1.0  # max action norm (the controller's units)
     tol: float = 0.008  # m
+    hold: int = 0       # > 0: stay where the eef is for this many steps (closing / opening the gripper)
 
 
 class WaypointExpert:
@@ -38,27 +45,74 @@ class WaypointExpert:
 
     def reset(self, env) -> None:
         self.env = env
-        self.waypoints, self.yaw = self.plan(env)
-        self.index, self.steps = 0, 0
+        self.waypoints, self.rotation = self.plan(env)
+        self.index, self.steps, self.done = 0, 0, False
 
-    def plan(self, env) -> tuple[list[Waypoint], float]:
+    def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
+        """-> (waypoints, the gripper's target orientation (3, 3) throughout)."""
         raise NotImplementedError
 
     def act(self, obs: dict) -> np.ndarray:
         eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
         rot = quat_to_matrix(obs["robot0_eef_quat"])
         point = self.waypoints[self.index]
-        action = pose_action(eef, rot, point.target, gripper_down(self.yaw), point.gripper, max_speed=point.speed)
+        target = eef if point.hold else point.target
+        action = pose_action(eef, rot, target, self.rotation, point.gripper, max_speed=point.speed)
         self.steps += 1
-        reached = np.linalg.norm(point.target - eef) < point.tol
-        if (reached or self.steps >= self.phase_limit) and self.index < len(self.waypoints) - 1:
-            self.index, self.steps = self.index + 1, 0
+        reached = self.steps >= point.hold if point.hold else np.linalg.norm(point.target - eef) < point.tol
+        if reached or self.steps >= self.phase_limit:
+            if self.index == len(self.waypoints) - 1:
+                self.done = True
+            else:
+                self.index, self.steps = self.index + 1, 0
         return action
 
 
 def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
+
+
+# pointing along -y, fingers closing vertically: DOWN turned -90 degrees about world x
+HORIZONTAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]) @ DOWN
+
+
+class DrawerExpert(WaypointExpert):
+    pull = 0.2  # m (LIBERO: open beyond 0.14)
+
+    def __init__(self, region: str | None = None) -> None:
+        self.region = region
+        """The drawer's region (e.g. wooden_cabinet_1_top_region); default: the one of the goal `open(region)`."""
+
+    @staticmethod
+    def supports(goal: list[list[str]]) -> bool:
+        """True for a single `open(<region>)` goal (libero_goal's middle drawer)."""
+        return len(goal) == 1 and len(goal[0]) == 2 and goal[0][0] == "open"
+
+    def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
+        sim, region = env.raw.sim, self.region or env.goal[0][1]  # e.g. wooden_cabinet_1_middle_region
+        cabinet, level, _ = region.rsplit("_", 2)
+        name = f"{cabinet}_cabinet_{level}"
+        if name not in sim.model.body_names:
+            raise ValueError(f"{env.task_name}: goal region {region!r} is not a drawer (no body {name!r})")
+        body = sim.model.body_name2id(name)
+        joint = next(j for j in range(sim.model.njnt) if sim.model.jnt_bodyid[j] == body)
+        axis = sim.data.xmat[body].reshape(3, 3) @ sim.model.jnt_axis[joint]
+        pull = -axis / np.linalg.norm(axis)  # the drawer opens at negative qpos
+        geoms = [g for g in range(sim.model.ngeom) if sim.model.geom_bodyid[g] == body
+                 and (sim.model.geom_contype[g] or sim.model.geom_conaffinity[g])]
+        handle = sim.data.geom_xpos[max(geoms, key=lambda g: float(sim.data.geom_xpos[g] @ pull))].copy()
+        heading = math.atan2(-pull[1], -pull[0])  # where the gripper points
+        rotation = rot_z(heading + math.pi / 2) @ HORIZONTAL
+        out = handle + self.pull * pull
+        # the last waypoint lifts the hand clear of the open drawer, so a next expert does not push it shut
+        return [Waypoint(handle + 0.12 * pull + [0.0, 0.0, 0.03], GRIPPER_OPEN),
+                Waypoint(handle + 0.10 * pull, GRIPPER_OPEN, tol=0.01),
+                Waypoint(handle, GRIPPER_OPEN, speed=0.5, tol=0.01),
+                Waypoint(handle, GRIPPER_CLOSE, hold=10),
+                Waypoint(out, GRIPPER_CLOSE, speed=0.5, tol=0.01),
+                Waypoint(out, GRIPPER_OPEN, hold=5),
+                Waypoint(out + 0.04 * pull + [0.0, 0.0, 0.15], GRIPPER_OPEN, tol=0.02)], rotation
 
 
 class StoveExpert(WaypointExpert):
@@ -95,7 +149,7 @@ class StoveExpert(WaypointExpert):
         self.centre, self.z = centre, top - self.depth
         start = self.behind(0.0)
         return [*self.approach(start), Waypoint(start, GRIPPER_CLOSE, tol=0.0),
-                Waypoint(start + UP, GRIPPER_CLOSE, speed=0.5)], 0.0
+                Waypoint(start + UP, GRIPPER_CLOSE, speed=0.5)], gripper_down(0.0)
 
     @staticmethod
     def approach(start: np.ndarray) -> list[Waypoint]:
@@ -123,3 +177,29 @@ class StoveExpert(WaypointExpert):
                 self.index, self.steps = 3, 0
             self.steps = min(self.steps, 0)  # the turn has no step limit of its own (the episode's applies)
         return super().act(obs)
+
+
+def drawer_body(sim, region: str) -> int | None:
+    """The body of the drawer a region like `wooden_cabinet_1_top_region` lies in, or None."""
+    parts = region.rsplit("_", 2)
+    name = f"{parts[0]}_cabinet_{parts[1]}" if len(parts) == 3 and parts[2] == "region" else None
+    return sim.model.body_name2id(name) if name in sim.model.body_names else None
+
+
+class SequenceExpert:
+    """Several experts one after the other: the next starts (and reads the scene) when the current one is done."""
+
+    def __init__(self, experts: list) -> None:
+        self.experts = experts
+
+    def reset(self, env) -> None:
+        self.env, self.current = env, 0
+        self.experts[0].reset(env)
+
+    def act(self, obs: dict) -> np.ndarray:
+        expert = self.experts[self.current]
+        if getattr(expert, "done", False) and self.current < len(self.experts) - 1:
+            self.current += 1
+            expert = self.experts[self.current]
+            expert.reset(self.env)
+        return expert.act(obs)

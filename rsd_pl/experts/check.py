@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
                 continue
             start, ok, failed = time.time(), 0, []
             for index in inits:
-                expert = expert_for(env.goal, args.grasp_side)
+                expert = expert_for(env.goal, args.grasp_side, env=env)
                 episode = run_expert_episode(env, index, args.max_steps, expert=expert)
                 ok += episode.success
                 if not episode.success:

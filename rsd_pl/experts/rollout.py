@@ -33,7 +33,7 @@ def run_expert_episode(env, init_state_index: int, max_steps: int | None = None,
     if expert is None:
         from rsd_pl.experts.select import expert_for
 
-        expert = expert_for(env.goal)
+        expert = expert_for(env.goal, env=env)
     max_steps = env.max_steps if max_steps is None else max_steps
     obs = env.reset(init_state_index)
     expert.reset(env)
