@@ -135,8 +135,8 @@ def test_bad_task_or_init_state_is_an_error_before_simulating(tmp_path):
         main(["--tasks", "12", "--out", str(tmp_path)])
     with pytest.raises(RsdError, match=r"init state index .* 50 out of range: valid are 0\.\.49"):
         main(["--tasks", "0", "--init_states", "48-50", "--out", str(tmp_path)])
-    with pytest.raises(RsdError, match=r"libero_10 task 0 .*tomato_sauce_1.*: no scripted expert for it"):
-        main(["--suite", "libero_10", "--tasks", "0", "--out", str(tmp_path)])
+    with pytest.raises(RsdError, match=r"libero_10 task 3 .*'close'.*: no scripted expert for it"):
+        main(["--suite", "libero_10", "--tasks", "3", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
 
 

@@ -119,10 +119,28 @@ def test_drawer_expert_opens_the_middle_drawer():
     assert episode.success and opening < -0.14
 
 
-def test_expert_for_an_unsupported_goal_names_it():
-    from rsd_pl.experts.select import expert_for
+def test_expert_for_a_goal_is_one_expert_per_predicate():
+    from rsd_pl.experts.articulated import SequenceExpert
+    from rsd_pl.experts.pick_place import PickPlaceExpert
+    from rsd_pl.experts.select import expert_for, supports
 
     basket = "basket_1_contain_region"
-    two_goals = [["in", "alphabet_soup_1", basket], ["in", "tomato_sauce_1", basket]]
-    with pytest.raises(ValueError, match=r"goal \[\['in', 'alphabet_soup_1'.*: no scripted expert"):
-        expert_for(two_goals)
+    both = expert_for([["in", "alphabet_soup_1", basket], ["in", "tomato_sauce_1", basket]])
+    assert isinstance(both, SequenceExpert)
+    assert [e.goal[1] for e in both.experts] == ["alphabet_soup_1", "tomato_sauce_1"]
+    assert isinstance(expert_for([["on", "bowl_1", "plate_1"]]), PickPlaceExpert)
+    close = [["close", "white_cabinet_1_bottom_region"], ["in", "akita_black_bowl_1", "white_cabinet_1_bottom_region"]]
+    assert not supports(close)
+    with pytest.raises(ValueError, match=r"goal \[\['close', 'white_cabinet_1_bottom_region'\].*: no scripted expert"):
+        expert_for(close)
+
+
+def test_libero_10_two_goal_task_with_a_sequence_of_experts():
+    """libero_10 'put both the alphabet soup and the tomato sauce in the basket': two pick-and-places in a row."""
+    from rsd_pl.experts.articulated import SequenceExpert
+    from rsd_pl.experts.select import expert_for
+
+    with LiberoEnv("libero_10", 0, camera_size=None) as env:
+        assert isinstance(expert_for(env.goal, env=env), SequenceExpert)
+        episode = run_expert_episode(env, 0)
+    assert episode.success and episode.steps < env.max_steps

@@ -10,8 +10,8 @@ vertically, closes on the bar, pulls 20 cm, lets go and rises clear of the drawe
 `turnon(<stove>)`: the knob turns about a vertical hinge and counts as on above 0.5 rad (LIBERO's FlatStove). Its
 lever is the knob body's top 2 cm of collision geometry; the closed gripper goes down beside the lever's arm that
 points away from the robot and pushes it round, always perpendicular to the lever at its current angle (read from
-the simulator); when the fingers slip past the lever (the knob turns back), it goes round and starts again behind
-it. Measured: 43/50 init states of libero_goal's "turn on the stove" (README).
+the simulator); when the fingers slip past the lever (the knob turns back) or the push stalls, it goes round and
+starts again behind it. Measured: 43/50 init states of libero_goal's "turn on the stove" (README).
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ class DrawerExpert(WaypointExpert):
 
 
 class StoveExpert(WaypointExpert):
+    def __init__(self, stove: str | None = None) -> None:
+        self.stove = stove
+        """The stove's name (e.g. flat_stove_1); default: the one of the goal `turnon(stove)`."""
+
     @staticmethod
     def supports(goal: list[list[str]]) -> bool:
         """True for a single `turnon(X)` goal (libero_goal's stove; libero_10's stove tasks add a second goal)."""
@@ -124,10 +128,11 @@ class StoveExpert(WaypointExpert):
     turn = 0.7        # rad turned before letting go (LIBERO: on above 0.5)
     push = 0.15       # m the target runs ahead of the lever, perpendicular to it (the controller pushes harder)
     clearance = 0.02  # m between the lever's side and the eef axis
+    stall_steps = 30  # a push that turns the knob less than 0.01 rad in this many steps starts again
     depth = 0.01      # m: the eef this far below the lever top puts the fingertips at the lever
 
     def plan(self, env) -> tuple[list[Waypoint], float]:
-        sim, stove = env.raw.sim, env.goal[0][1]
+        sim, stove = env.raw.sim, self.stove or env.goal[0][1]
         body = sim.model.body_name2id(f"{stove}_button")
         centre = sim.data.xpos[body][:2].copy()
         points = body_points(sim, body)
@@ -144,7 +149,7 @@ class StoveExpert(WaypointExpert):
 
         self.joint = sim.model.jnt_qposadr[sim.model.joint_name2id(f"{stove}_button")]
         self.angle0 = float(sim.data.qpos[self.joint])  # the lever was measured at this angle
-        self.tangent, self.best = tangent, 0.0
+        self.tangent, self.best, self.history = tangent, 0.0, []
         self.offset = radius * arm - (half_width + self.clearance) * tangent  # eef from the hinge, at angle0
         self.centre, self.z = centre, top - self.depth
         start = self.behind(0.0)
@@ -167,9 +172,12 @@ class StoveExpert(WaypointExpert):
             angle = float(self.env.raw.sim.data.qpos[self.joint])
             turned = angle - self.angle0
             self.best = max(self.best, turned)
-            if turned < self.best - 0.05:  # the fingers slipped past the lever: go round and start again behind it
+            self.history.append(turned)
+            slipped = turned < self.best - 0.05  # the fingers went past the lever: the knob turns back
+            stalled = len(self.history) > self.stall_steps and turned - self.history[-self.stall_steps] < 0.01
+            if slipped or stalled:  # go round and start again behind the lever
                 self.waypoints[:2] = self.approach(self.behind(turned))
-                self.index, self.steps, self.best = 0, 0, turned
+                self.index, self.steps, self.best, self.history = 0, 0, turned, []
                 return super().act(obs)
             push = np.array([*_rotate(self.tangent, turned), 0.0])  # perpendicular to the lever as it is now
             self.waypoints[2].target = self.behind(turned) + self.push * push

@@ -68,8 +68,11 @@ class ExpertConfig:
 class PickPlaceExpert:
     """`reset(env)` once per episode (after the wait steps), then `act(obs)` every step."""
 
-    def __init__(self, config: ExpertConfig | None = None) -> None:
+    def __init__(self, config: ExpertConfig | None = None, goal: list[str] | None = None) -> None:
+        """goal: the predicate to achieve, e.g. ['in', 'alphabet_soup_1', 'basket_1_contain_region']
+        (default: the env's single goal); one step of a SequenceExpert gets its own."""
         self.config = config or ExpertConfig()
+        self.goal = goal
 
     @staticmethod
     def supports(goal: list[list[str]]) -> bool:
@@ -77,9 +80,10 @@ class PickPlaceExpert:
         return len(goal) == 1 and len(goal[0]) == 3 and goal[0][0] in SUPPORTED_PREDICATES
 
     def reset(self, env) -> None:
-        if not self.supports(env.goal):
-            raise ValueError(f"{env.task_name}: goal {env.goal} is not a single pick-and-place goal")
-        _, self.object_name, self.target_name = env.goal[0]
+        goal = [self.goal] if self.goal is not None else env.goal
+        if not self.supports(goal):
+            raise ValueError(f"{env.task_name}: goal {goal} is not a single pick-and-place goal")
+        _, self.object_name, self.target_name = goal[0]
         self.env = env
         raw = env.raw
         self.object_body = raw.obj_body_id[self.object_name]
@@ -197,6 +201,11 @@ class PickPlaceExpert:
                 obj = self._object()
                 self.hold = eef - np.array([obj.center[0], obj.center[1], obj.bottom])
             self.phase, self.phase_steps = order[order.index(self.phase) + 1], 0
+
+    @property
+    def done(self) -> bool:
+        """Released and risen for 10 steps (what a SequenceExpert waits for before its next step)."""
+        return self.phase == "retreat" and self.phase_steps >= 10
 
     def act(self, obs: dict) -> np.ndarray:
         """The next env action (7,) in [-1, 1]."""

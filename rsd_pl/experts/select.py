@@ -1,29 +1,39 @@
-"""Which scripted expert solves a task, from its parsed BDDL goal."""
+"""Which scripted expert solves a task, from its parsed BDDL goal: one expert per predicate, run one after the other
+(`SequenceExpert`) when the goal has several (libero_10's "put both ... in the basket", "turn on the stove and put the
+moka pot on it")."""
 
 from __future__ import annotations
 
 from rsd_pl.experts.articulated import DrawerExpert, SequenceExpert, StoveExpert, drawer_body
 from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
 
-SUPPORTED = ("one on(X, Y) / in(X, Y) goal (pick and place), one turnon(X) goal (a stove knob) or one open(X) goal "
-             "(a drawer)")
+SUPPORTED = "goals made of on(X, Y) / in(X, Y) (pick and place), turnon(X) (a stove knob) and open(X) (a drawer)"
+
+
+def _steps(predicate: list[str], grasp_side: int, env) -> list | None:
+    """The experts that achieve one predicate, in order; None when no expert handles it."""
+    if PickPlaceExpert.supports([predicate]):
+        pick_place = PickPlaceExpert(ExpertConfig(grasp_side=grasp_side), goal=predicate)
+        if env is not None and predicate[0] == "in" and drawer_body(env.raw.sim, predicate[2]) is not None:
+            return [DrawerExpert(predicate[2]), pick_place]  # a closed drawer is opened first
+        return [pick_place]
+    if StoveExpert.supports([predicate]):
+        return [StoveExpert(predicate[1])]
+    if DrawerExpert.supports([predicate]):
+        return [DrawerExpert(predicate[1])]
+    return None
 
 
 def supports(goal: list[list[str]]) -> bool:
-    return any(expert.supports(goal) for expert in (PickPlaceExpert, StoveExpert, DrawerExpert))
+    return bool(goal) and all(_steps(p, 1, None) is not None for p in goal)
 
 
 def expert_for(goal: list[list[str]], grasp_side: int = 1, env=None):
     """A fresh expert for the goal (grasp_side: the pick-and-place expert's rim side); ValueError naming the goal
-    when no expert handles it. With `env`, a goal `in(X, <drawer region>)` whose drawer is closed opens the drawer
-    first (libero_goal's "open the top drawer and put the bowl inside")."""
-    if PickPlaceExpert.supports(goal):
-        pick_place = PickPlaceExpert(ExpertConfig(grasp_side=grasp_side))
-        if env is not None and goal[0][0] == "in" and drawer_body(env.raw.sim, goal[0][2]) is not None:
-            return SequenceExpert([DrawerExpert(goal[0][2]), pick_place])
-        return pick_place
-    if StoveExpert.supports(goal):
-        return StoveExpert()
-    if DrawerExpert.supports(goal):
-        return DrawerExpert()
-    raise ValueError(f"goal {goal}: no scripted expert for it (they handle {SUPPORTED})")
+    when no expert handles one of its predicates. With `env`, `in(X, <drawer region>)` opens the drawer first
+    (libero_goal's "open the top drawer and put the bowl inside")."""
+    steps = [_steps(p, grasp_side, env) for p in goal]
+    if not goal or any(s is None for s in steps):
+        raise ValueError(f"goal {goal}: no scripted expert for it (they handle {SUPPORTED})")
+    experts = [expert for step in steps for expert in step]
+    return experts[0] if len(experts) == 1 else SequenceExpert(experts)
