@@ -8,12 +8,6 @@
 # `--smoke` runs a shrunken pipeline (1 task, 2 demos, a few steps, short episodes) into a scratch
 # folder ($QUICKSTART_ROOT, default runs/quickstart-smoke): what CI runs so this door never breaks.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-PY=.venv/bin/python
-export MUJOCO_GL="${MUJOCO_GL:-egl}"
-REDO="${REDO:-}"
-
 data=data/quickstart/libero_spatial registry=checkpoints/quickstart runs=runs/quickstart
 collect_extra=() fit_extra=() eval_extra=()
 if [[ "${1:-}" == "--smoke" ]]; then
@@ -24,21 +18,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
              --trainer.check_val_every_n_epoch 1 --trainer.enable_progress_bar false)
   eval_extra=(--tasks 0 --num_trials 1 --max_steps 24 --videos_per_task 1 --progress_bar false)
 fi
-
-banner() { printf '\n=== [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-redo() { [[ " $REDO " == *" $1 "* || "$REDO" == all ]]; }
-in_registry() { $PY -m rsd_pl registry --root "$registry" show "$1@best" >/dev/null 2>&1; }
-
-fit_step() {  # fit_step NAME: fit configs/quickstart/NAME.yaml unless NAME@best exists
-  local name=$1 config=configs/quickstart/$1.yaml
-  if in_registry "$name" && ! redo "$name"; then
-    banner "fit $name: skipped, $name@best is in $registry (REDO=$name to retrain)"
-    return
-  fi
-  banner "fit $name ($config)"
-  $PY -m rsd_pl fit --config "$config" --registry_root "$registry" --run_dir "$runs/$name" \
-    --data.init_args.data "$data" "${fit_extra[@]}"
-}
+source "$(dirname "$0")/pipeline.sh"  # set-up, banner, fit_step
 
 banner "collect demos ($data; finished episodes are kept, the rest collected)"
 $PY -m rsd_pl collect --config configs/quickstart/collect.yaml --out "$data" "${collect_extra[@]}"

@@ -91,6 +91,15 @@ def _complete_demo_keys(data: h5py.Group) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("_", 1)[1]))
 
 
+def demo_attributes(path: str | Path) -> list[dict]:
+    """Attributes of the complete demos of one LIBERO-format file, in demo order (no arrays read)."""
+    path = Path(path)
+    with _open(path) as f:
+        if "data" not in f:
+            raise RsdError(f"{path}: no 'data' group (not a LIBERO-format demo file)")
+        return [dict(f["data"][k].attrs) for k in _complete_demo_keys(f["data"])]
+
+
 def _instruction(data: h5py.Group, path: Path) -> str:
     try:
         info = json.loads(data.attrs["problem_info"])

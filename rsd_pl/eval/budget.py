@@ -52,24 +52,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace) -> tuple[object, object, object, list[dict]]:
-    """-> (main, draft, tokenizer, observation batches) from the registry and the demos."""
+    """-> (main, draft, tokenizer, observation batches): the models as `eval` loads them (lineage checked), the
+    observations from the demos' validation split, shaped as the main model was trained."""
     from rsd_pl.envs import CAMERAS
-    from rsd_pl.eval.loop import obs_spec_from_config
+    from rsd_pl.eval.loop import EvalConfig, load_models
     from rsd_pl.lit.vla_data import Collate, VLADataModule
-    from rsd_pl.models.draft import load_draft
-    from rsd_pl.models.main_model import load_main
-    from rsd_pl.models.rfsq import load_tokenizer
-    from rsd_pl.registry import Registry
 
-    registry = Registry(args.registry)
-    main, main_art = load_main(args.main, registry)
-    draft, _ = load_draft(args.draft, registry, main_spec=main_art.spec)
-    tokenizer_spec = main_art.lineage.get("tokenizer")
-    if tokenizer_spec is None:
-        raise RsdError(f"{main_art.spec}: lineage names no tokenizer")
-    tokenizer, _, _ = load_tokenizer(tokenizer_spec, registry)
-    spec = obs_spec_from_config(main_art.config, main_art.spec)
-    data = VLADataModule(args.data, tokenizer=tokenizer_spec, registry_root=args.registry,
+    models, spec = load_models(EvalConfig(registry=args.registry, main=args.main, draft=args.draft,
+                                          modes=["speculative"]))
+    main = models["main"]
+    data = VLADataModule(args.data, tokenizer=main_tokenizer_spec(args), registry_root=args.registry,
                          cameras=[CAMERAS[c][1] for c in spec.cameras], image_size=spec.image_size,
                          use_object_pos=spec.object_pos, chunk_len=main.chunk_len, image_pipeline=spec.image_pipeline)
     data.setup()
@@ -78,7 +70,14 @@ def load(args: argparse.Namespace) -> tuple[object, object, object, list[dict]]:
     picks = np.linspace(0, len(dataset) - 1, min(args.observations, len(dataset))).astype(int)
     keys = ("images", "proprio", "object_pos", "instruction")
     batches = [{k: v for k, v in collate([dataset[int(i)]]).items() if k in keys} for i in picks]
-    return main.eval(), draft.eval(), tokenizer.eval(), batches
+    return main.eval(), models["draft"].eval(), models["tokenizer"].eval(), batches
+
+
+def main_tokenizer_spec(args: argparse.Namespace) -> str:
+    """The tokenizer of the main model's lineage (the demos are tokenized with it)."""
+    from rsd_pl.registry import Registry
+
+    return Registry(args.registry).resolve(args.main).lineage["tokenizer"]
 
 
 class Clock:

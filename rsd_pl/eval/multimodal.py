@@ -97,24 +97,20 @@ def check(cfg: MultimodalConfig) -> list[EvalConfig]:
 
 def demo_sides(data: str) -> dict[str, int]:
     """Count of the demos' `grasp_side` attributes (+x / -x / centre)."""
-    import h5py
-
-    from rsd_pl.data.libero_hdf5 import resolve_demo_files
+    from rsd_pl.data.libero_hdf5 import demo_attributes, resolve_demo_files
 
     counts = dict.fromkeys(SIDES[:3], 0)
     for path in resolve_demo_files(data):
-        with h5py.File(path, "r") as f:
-            for demo in f["data"].values():
-                side = int(demo.attrs.get("grasp_side", 1))
-                counts[{1: "+x", -1: "-x", 0: "centre"}[side]] += 1
+        for attrs in demo_attributes(path):
+            counts[{1: "+x", -1: "-x", 0: "centre"}[int(attrs.get("grasp_side", 1))]] += 1
     return counts
 
 
 def run_expert_controls(cfg: MultimodalConfig) -> list[dict[str, Any]]:
     """The scripted expert with each grasp side on the arms' init states (resumable: <out>/expert_controls.jsonl)."""
     from rsd_pl.envs import LiberoEnv, parse_index_list, suite_spec
-    from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
     from rsd_pl.experts.rollout import run_expert_episode
+    from rsd_pl.experts.select import expert_for
 
     log = Path(cfg.out) / EXPERT_FILE
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -128,7 +124,7 @@ def run_expert_controls(cfg: MultimodalConfig) -> list[dict[str, Any]]:
                 continue
             with LiberoEnv(suite, task_id, camera_size=None, seed=cfg.eval.seed) as env:
                 for trial, side in todo:
-                    episode = run_expert_episode(env, trial, expert=PickPlaceExpert(ExpertConfig(grasp_side=side)))
+                    episode = run_expert_episode(env, trial, expert=expert_for(env.goal, side, env=env))
                     record = {"suite": suite, "task_id": task_id, "trial": trial, "grasp_side": side,
                               "success": bool(episode.success), "steps": episode.steps}
                     with log.open("a") as f:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from rsd_pl.bench import identity_normalizer  # the synthetic chunks are already normalised
 from rsd_pl.decoding import DecodingConfig, DecodingEngine
 from rsd_pl.models.rfsq import ActionRFSQAE, sample_depths
 
@@ -115,14 +116,6 @@ def train_models(cfg: OfflineConfig) -> tuple[ActionRFSQAE, object, torch.Tensor
     return tokenizer, main.eval(), chunks
 
 
-class _Identity:
-    """Normaliser stand-in: the synthetic chunks are already normalised (un-normalisation is the identity)."""
-
-    @staticmethod
-    def unnormalize(actions):
-        return actions
-
-
 def decoding_for(mode: str, cfg: OfflineConfig, seed: int) -> DecodingConfig:
     if mode == "ar_sampled":
         return DecodingConfig(mode="ar", temperature=cfg.temperature, seed=seed)
@@ -138,7 +131,7 @@ def decode_modes(cfg: OfflineConfig, tokenizer, main) -> dict[str, dict]:
     results = {}
     obs = _observation(cfg.samples)
     for index, mode in enumerate(cfg.modes):
-        engine = DecodingEngine(main, tokenizer, _Identity(), decoding_for(mode, cfg, seed=cfg.seed + index))
+        engine = DecodingEngine(main, tokenizer, identity_normalizer(), decoding_for(mode, cfg, seed=cfg.seed + index))
         chunks = engine.decode_chunk(obs).normalized_actions
         labels = classify(chunks, cfg.amplitude)
         results[mode] = {label: labels.count(label) / len(labels) for label in LABELS}

@@ -28,8 +28,9 @@ from rsd_pl.decoding.config import MODES, DecodingConfig
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import loop
 from rsd_pl.eval.loop import EvalConfig
+from rsd_pl.eval.plots import DPI
 from rsd_pl.eval.report import _json_safe, episode_key, mode_summary, read_episodes
-from rsd_pl.eval.sweep_plot import tradeoff_figure
+from rsd_pl.eval.sweep_plot import _finite, tradeoff_figure
 
 GRID_KEYS = ("tau", "draft_len", "exit_bound", "early_exit_bound", "temperature", "acceptance", "draft_source")
 NUMBER_KEYS = ("tau", "exit_bound", "early_exit_bound", "temperature")
@@ -165,7 +166,7 @@ def plan(cfg: SweepConfig) -> list[Run]:
     if unused := [k for k in cfg.grid if k not in used]:
         raise RsdError(f"grid key {unused[0]!r} changes none of modes={cfg.modes} (with acceptance="
                        f"{cfg.eval.decoding.acceptance!r}); remove it or add a mode that reads it")
-    reference = getattr(cfg.eval, "deviation_reference", None)
+    reference = cfg.eval.deviation_reference
     if reference and (shared := [k for k in cfg.grid if k in settings_of(loop.decoding_for(cfg.eval, reference))]):
         print(f"sweep: WARNING: the grid varies {shared}, which the deviation reference {reference} reads: each "
               f"point's deviations are measured from its own {reference}")
@@ -191,17 +192,14 @@ def check_logged_settings(run: Run) -> None:
 # --- aggregation ----------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def summary_row(run: Run, mode: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row: the (setting, mode)'s success, latency, forwards and deviation."""
     summary = mode_summary(records)
     varied = {k: v for k, v in run.point.items() if k in settings_of(loop.decoding_for(run.cfg, mode))}
-    deviations = [r["deviation_mean"] for r in records if _finite(r.get("deviation_mean"))]
-    if records and not deviations and mode == getattr(run.cfg, "deviation_reference", None):
-        deviations = [0.0] if loop.decoding_for(run.cfg, mode).greedy else []  # the reference itself
+    deviation = summary["deviation_mean"]  # mean over the episodes that carry one
+    if records and not _finite(deviation) and mode == run.cfg.deviation_reference and \
+            loop.decoding_for(run.cfg, mode).greedy:
+        deviation = 0.0  # the reference itself
     return {"setting": " ".join([mode, *(f"{k}={v}" for k, v in varied.items())]) + (
                 " (baseline)" if run.title == BASELINE else ""),
             "label": ", ".join(f"{SHORT[k]}{value_text(v)}" for k, v in varied.items()) or mode,
@@ -209,7 +207,7 @@ def summary_row(run: Run, mode: str, records: list[dict[str, Any]]) -> dict[str,
             **{k: summary[k] for k in ("successes", "trials", "errors", "success_rate", "success_ci", "chunks",
                                        "main_forwards_per_chunk")},
             "latency_p50_ms": summary["latency_ms"]["p50"], "latency_mean_ms": summary["latency_ms"]["mean"],
-            "deviation_mean": sum(deviations) / len(deviations) if deviations else math.nan}
+            "deviation_mean": deviation}
 
 
 def collect_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -310,13 +308,13 @@ def write_sweep(cfg: SweepConfig, runs: list[Run]) -> dict[str, Any]:
     first = next(run.cfg for run in runs if run.cfg is not None)
     sweep = {"episodes": {"suites": first.suites, "tasks": first.tasks, "num_trials": first.num_trials,
                           "seed": first.seed, "per_row": len(loop.episode_list(first))},
-             "deviation_reference": getattr(first, "deviation_reference", None), "grid": cfg.grid,
+             "deviation_reference": first.deviation_reference, "grid": cfg.grid,
              "points": cfg.points, "modes": cfg.modes, "baseline_modes": cfg.baseline_modes, "rows": rows,
              "non_dominated": [r["setting"] for r in rows if r["non_dominated"]], "plot": None}
     fig = tradeoff_figure(rows)
     if fig is not None:
         (out / PLOT).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / PLOT, dpi=130)
+        fig.savefig(out / PLOT, dpi=DPI)
         sweep["plot"] = PLOT
     (out / "sweep.json").write_text(json.dumps(_json_safe(sweep), indent=2) + "\n")
     text = markdown(sweep)

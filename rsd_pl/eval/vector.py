@@ -164,9 +164,8 @@ def run_batched(pool: EnvPool, engine: Any, items: list[dict], mode: str) -> lis
     while active := [i for i in workers if not episodes[i].done]:
         _decode(pool, engine, episodes, [i for i in active if not episodes[i].queue])
         active = [i for i in active if not episodes[i].done]
-        for i in active:
-            if episodes[i].record:
-                _check(pool.call([i], "frame"), episodes, frame=True)
+        if recording := [i for i in active if episodes[i].record]:  # all workers render at once
+            _check(pool.call(recording, "frame"), episodes, frame=True)
         actions = [episodes[i].queue.popleft() for i in active]
         renders = [episodes[i].record or not episodes[i].queue for i in active]
         replies = pool.call(active, "step", [(to_env_action(a), r) for a, r in zip(actions, renders, strict=True)])

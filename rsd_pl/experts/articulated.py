@@ -91,11 +91,10 @@ class DrawerExpert(WaypointExpert):
 
     def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
         sim, region = env.raw.sim, self.region or env.goal[0][1]  # e.g. wooden_cabinet_1_middle_region
-        cabinet, level, _ = region.rsplit("_", 2)
-        name = f"{cabinet}_cabinet_{level}"
-        if name not in sim.model.body_names:
-            raise ValueError(f"{env.task_name}: goal region {region!r} is not a drawer (no body {name!r})")
-        body = sim.model.body_name2id(name)
+        body = drawer_body(sim, region)
+        if body is None:
+            raise ValueError(f"{env.task_name}: goal region {region!r} is not a drawer "
+                             "(no <cabinet>_cabinet_<level> body)")
         joint = next(j for j in range(sim.model.njnt) if sim.model.jnt_bodyid[j] == body)
         axis = sim.data.xmat[body].reshape(3, 3) @ sim.model.jnt_axis[joint]
         pull = -axis / np.linalg.norm(axis)  # the drawer opens at negative qpos

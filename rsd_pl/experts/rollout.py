@@ -18,7 +18,6 @@ class ExpertEpisode:
     states: np.ndarray | None = None           # (N, S) MuJoCo states before each action
     robot_states: np.ndarray | None = None     # (N, 9)
     obs: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (N, ...), see LiberoEnv.record
-    grasp_side: int = 1                        # the expert's ExpertConfig.grasp_side
 
 
 def run_expert_episode(env, init_state_index: int, max_steps: int | None = None, record: bool = False,
@@ -50,8 +49,7 @@ def run_expert_episode(env, init_state_index: int, max_steps: int | None = None,
         if env.success():
             success = True
             break
-    episode = ExpertEpisode(init_state_index, success, len(actions), np.stack(actions),
-                            grasp_side=getattr(getattr(expert, "config", None), "grasp_side", 1))
+    episode = ExpertEpisode(init_state_index, success, len(actions), np.stack(actions))
     if record:
         episode.states, episode.robot_states = np.stack(states), np.stack(robot_states)
         episode.obs = {key: np.stack([r[key] for r in records]) for key in records[0]}
