@@ -28,12 +28,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "per-layer information, proposal acceptance and forward costs: where speculation can pay"),
     "sweep": ("rsd_pl.eval.sweep", "main",
               "one resumable evaluation over a grid of decoding settings, with a trade-off plot"),
+    "benchmark-table": ("rsd_pl.eval.benchmark_table", "main",
+                        "a suite's benchmark: every observation setting's eval report side by side"),
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m rsd_pl <command> [options]", "", "commands:"]
-    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`python -m rsd_pl <command> --help` shows the options of one command."]
     return "\n".join(lines)
 

@@ -206,7 +206,7 @@ def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress
             continue
         writer.add_demo(actions=episode.actions, states=episode.states, robot_states=episode.robot_states,
                         rewards=_rewards(episode), dones=_rewards(episode).astype(np.uint8), obs=episode.obs,
-                        attrs={"init_state_index": episode.init_state_index, "expert": "pick_place",
+                        attrs={"init_state_index": episode.init_state_index, "expert": episode.expert,
                                "grasp_side": grasp_side_for(cfg, task_id, episode.init_state_index)})
         added += 1
         progress.update(1)

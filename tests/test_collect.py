@@ -98,6 +98,7 @@ def test_collect_writes_a_readable_libero_file(collected):
     assert episode.images["eye_in_hand_rgb"].shape == (steps, 64, 64, 3)
     assert episode.proprio.shape == (steps, 8) and episode.object_pos.shape == (steps, 6)
     assert episode.attrs["init_state_index"] == 0 and episode.instruction.startswith("pick up the black bowl")
+    assert episode.attrs["expert"] == "pick_place"
     with h5py.File(path) as f:
         demo = f["data/demo_0"]
         assert demo["states"].shape[0] == steps and demo["robot_states"].shape == (steps, 9)
@@ -135,8 +136,8 @@ def test_bad_task_or_init_state_is_an_error_before_simulating(tmp_path):
         main(["--tasks", "12", "--out", str(tmp_path)])
     with pytest.raises(RsdError, match=r"init state index .* 50 out of range: valid are 0\.\.49"):
         main(["--tasks", "0", "--init_states", "48-50", "--out", str(tmp_path)])
-    with pytest.raises(RsdError, match=r"libero_10 task 3 .*'close'.*: no scripted expert for it"):
-        main(["--suite", "libero_10", "--tasks", "3", "--out", str(tmp_path)])
+    with pytest.raises(RsdError, match=r"libero_10 task 9 .*'close', 'microwave_1'.*: no scripted expert for it"):
+        main(["--suite", "libero_10", "--tasks", "9", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
 
 

@@ -102,7 +102,7 @@ def test_stove_expert_turns_the_knob_on():
         episode = run_expert_episode(env, 0)
         knob = env.raw.sim.model.joint_name2id("flat_stove_1_button")
         angle = float(env.raw.sim.data.qpos[env.raw.sim.model.jnt_qposadr[knob]])
-    assert episode.success and episode.steps < env.max_steps and angle >= 0.5
+    assert episode.success and episode.steps < env.max_steps and angle >= 0.5 and episode.expert == "stove"
 
 
 def test_drawer_expert_opens_the_middle_drawer():
@@ -129,10 +129,28 @@ def test_expert_for_a_goal_is_one_expert_per_predicate():
     assert isinstance(both, SequenceExpert)
     assert [e.goal[1] for e in both.experts] == ["alphabet_soup_1", "tomato_sauce_1"]
     assert isinstance(expert_for([["on", "bowl_1", "plate_1"]]), PickPlaceExpert)
-    close = [["close", "white_cabinet_1_bottom_region"], ["in", "akita_black_bowl_1", "white_cabinet_1_bottom_region"]]
-    assert not supports(close)
-    with pytest.raises(ValueError, match=r"goal \[\['close', 'white_cabinet_1_bottom_region'\].*: no scripted expert"):
-        expert_for(close)
+    # closing comes after putting in, whatever the BDDL order (libero_10 task 3 lists close first)
+    drawer = [["close", "white_cabinet_1_bottom_region"], ["in", "akita_black_bowl_1", "white_cabinet_1_bottom_region"]]
+    assert [e.name for e in expert_for(drawer).experts] == ["pick_place", "close_drawer"]
+    # two objects onto one region share it: each goes to the region's free spot
+    pots = [["on", "moka_pot_1", "flat_stove_1_cook_region"], ["on", "moka_pot_2", "flat_stove_1_cook_region"]]
+    assert [e.share for e in expert_for(pots).experts] == [True, True]
+    assert not expert_for([["on", "moka_pot_1", "flat_stove_1_cook_region"], ["on", "mug_1", "plate_1"]]).experts[0].share
+    microwave = [["in", "white_yellow_mug_1", "microwave_1_heating_region"], ["close", "microwave_1"]]
+    assert not supports(microwave)
+    with pytest.raises(ValueError, match=r"goal \[\['in', 'white_yellow_mug_1'.*'close', 'microwave_1'\]\]: no scripted expert"):
+        expert_for(microwave)
+
+
+def test_libero_10_bowl_into_the_open_drawer_then_close_it():
+    """libero_10 task 3 'put the black bowl in the bottom drawer of the cabinet and close it': the drawer starts open
+    (the drawer expert is skipped), the bowl goes in, the tilted gripper pushes the handle until LIBERO calls it
+    closed (qpos > 0)."""
+    with LiberoEnv("libero_10", 3, camera_size=None) as env:
+        episode = run_expert_episode(env, 0)
+        sim = env.raw.sim
+        shut = float(sim.data.qpos[sim.model.jnt_qposadr[sim.model.joint_name2id("white_cabinet_1_bottom_level")]])
+    assert episode.success and episode.expert == "drawer+pick_place+close_drawer" and shut > 0.0
 
 
 def test_libero_10_two_goal_task_with_a_sequence_of_experts():
@@ -143,4 +161,4 @@ def test_libero_10_two_goal_task_with_a_sequence_of_experts():
     with LiberoEnv("libero_10", 0, camera_size=None) as env:
         assert isinstance(expert_for(env.goal, env=env), SequenceExpert)
         episode = run_expert_episode(env, 0)
-    assert episode.success and episode.steps < env.max_steps
+    assert episode.success and episode.steps < env.max_steps and episode.expert == "pick_place+pick_place"

@@ -12,6 +12,10 @@ lever is the knob body's top 2 cm of collision geometry; the closed gripper goes
 points away from the robot and pushes it round, always perpendicular to the lever at its current angle (read from
 the simulator); when the fingers slip past the lever (the knob turns back) or the push stalls, it goes round and
 starts again behind it. Measured: 43/50 init states of libero_goal's "turn on the stove" (README).
+
+`close(<cabinet>_<level>_region)`: the closed gripper, pointing down and leaning 40 degrees towards the push, pushes
+the open drawer's handle (near its end on the robot's side) until the joint reads closed. A drawer that is already
+open (or closed) makes its open (close) expert plan nothing, so a sequence skips it.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ class WaypointExpert:
     phase_limit = 60
 
     def reset(self, env) -> None:
+        """Plans the waypoints; an expert whose goal already holds (e.g. a drawer that is open) plans none and is
+        done at once."""
         self.env = env
         self.waypoints, self.rotation = self.plan(env)
-        self.index, self.steps, self.done = 0, 0, False
+        self.index, self.steps, self.done = 0, 0, not self.waypoints
 
     def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
         """-> (waypoints, the gripper's target orientation (3, 3) throughout)."""
@@ -55,6 +61,8 @@ class WaypointExpert:
     def act(self, obs: dict) -> np.ndarray:
         eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
         rot = quat_to_matrix(obs["robot0_eef_quat"])
+        if not self.waypoints:  # nothing to do: hold still
+            return pose_action(eef, rot, eef, rot, GRIPPER_OPEN)
         point = self.waypoints[self.index]
         target = eef if point.hold else point.target
         action = pose_action(eef, rot, target, self.rotation, point.gripper, max_speed=point.speed)
@@ -78,6 +86,7 @@ HORIZONTAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]) @ DO
 
 
 class DrawerExpert(WaypointExpert):
+    name = "drawer"
     pull = 0.2  # m (LIBERO: open beyond 0.14)
 
     def __init__(self, region: str | None = None) -> None:
@@ -86,23 +95,13 @@ class DrawerExpert(WaypointExpert):
 
     @staticmethod
     def supports(goal: list[list[str]]) -> bool:
-        """True for a single `open(<region>)` goal (libero_goal's middle drawer)."""
+        """True for a single `open(<region>)` goal (libero_goal's middle drawer; a drawer region's, see `plan`)."""
         return len(goal) == 1 and len(goal[0]) == 2 and goal[0][0] == "open"
 
     def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
-        sim, region = env.raw.sim, self.region or env.goal[0][1]  # e.g. wooden_cabinet_1_middle_region
-        body = drawer_body(sim, region)
-        if body is None:
-            raise ValueError(f"{env.task_name}: goal region {region!r} is not a drawer "
-                             "(no <cabinet>_cabinet_<level> body)")
-        joint = next(j for j in range(sim.model.njnt) if sim.model.jnt_bodyid[j] == body)
-        axis = sim.data.xmat[body].reshape(3, 3) @ sim.model.jnt_axis[joint]
-        pull = -axis / np.linalg.norm(axis)  # the drawer opens at negative qpos
-        geoms = [g for g in range(sim.model.ngeom) if sim.model.geom_bodyid[g] == body
-                 and (sim.model.geom_contype[g] or sim.model.geom_conaffinity[g])]
-        handle = sim.data.geom_xpos[max(geoms, key=lambda g: float(sim.data.geom_xpos[g] @ pull))].copy()
-        heading = math.atan2(-pull[1], -pull[0])  # where the gripper points
-        rotation = rot_z(heading + math.pi / 2) @ HORIZONTAL
+        handle, pull, opening, rotation = drawer_geometry(env, self.region or env.goal[0][1])
+        if opening > OPEN:  # already open (libero_10's bottom drawer starts open): nothing to do
+            return [], rotation
         out = handle + self.pull * pull
         # the last waypoint lifts the hand clear of the open drawer, so a next expert does not push it shut
         return [Waypoint(handle + 0.12 * pull + [0.0, 0.0, 0.03], GRIPPER_OPEN),
@@ -114,7 +113,104 @@ class DrawerExpert(WaypointExpert):
                 Waypoint(out + 0.04 * pull + [0.0, 0.0, 0.15], GRIPPER_OPEN, tol=0.02)], rotation
 
 
+OPEN, CLOSED = 0.14, 0.0  # m a drawer is pulled out (-qpos) beyond which LIBERO calls it open / at most closed
+
+
+def drawer_geometry(env, region: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """A drawer's handle position (3,), its pull direction (3,, unit), how far it is open (m, -qpos) and the
+    horizontal gripper rotation (3, 3) that points into the handle; ValueError when the region is not a drawer's."""
+    sim = env.raw.sim
+    body = drawer_body(sim, region)
+    if body is None:
+        raise ValueError(f"{env.task_name}: goal region {region!r} is not a drawer (no <cabinet>_cabinet_<level> body)")
+    joint = next(j for j in range(sim.model.njnt) if sim.model.jnt_bodyid[j] == body)
+    axis = sim.data.xmat[body].reshape(3, 3) @ sim.model.jnt_axis[joint]
+    pull = -axis / np.linalg.norm(axis)  # the drawer opens at negative qpos
+    handle = sim.data.geom_xpos[handle_geom(sim, body, pull)].copy()
+    heading = math.atan2(-pull[1], -pull[0])  # where the gripper points
+    opening = -float(sim.data.qpos[sim.model.jnt_qposadr[joint]])
+    return handle, pull, opening, rot_z(heading + math.pi / 2) @ HORIZONTAL
+
+
+def handle_geom(sim, body: int, pull: np.ndarray) -> int:
+    """The drawer's collision geom furthest along its pull direction: the handle."""
+    geoms = [g for g in range(sim.model.ngeom) if sim.model.geom_bodyid[g] == body
+             and (sim.model.geom_contype[g] or sim.model.geom_conaffinity[g])]
+    return max(geoms, key=lambda g: float(sim.data.geom_xpos[g] @ pull))
+
+
+def axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """(3, 3) rotation by `angle` about `axis` (Rodrigues)."""
+    k = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+
+
+def half_extent(sim, geom: int, direction: np.ndarray) -> float:
+    """Half the length of a box geom along a world direction (unit)."""
+    axes = sim.data.geom_xmat[geom].reshape(3, 3)  # columns: the box's axes in world frame
+    return float(np.abs(axes.T @ direction) @ sim.model.geom_size[geom])
+
+
+class CloseDrawerExpert(WaypointExpert):
+    """`close(<cabinet>_<level>_region)`: the closed gripper, pointing down with its long side along the cabinet's
+    face, comes down in front of the open drawer's handle and pushes the handle in past closed (the joint's stop
+    ends the push), then backs off and rises. Pushing on the handle (2.6 cm proud of the drawer front) keeps the
+    hand clear of the drawer above when the pushed drawer reaches the cabinet."""
+
+    name = "close_drawer"
+    beyond = 0.05      # m the push target lies past the closed position (the controller pushes harder)
+    push_limit = 150   # steps the push may take (a drawer with a bowl in it slides slowly)
+    inset = 0.012      # m from the handle's end where the fingers push
+    tilt = math.radians(40)
+
+    def __init__(self, region: str | None = None) -> None:
+        self.region = region
+        """The drawer's region (e.g. white_cabinet_1_bottom_region); default: the one of the goal `close(region)`."""
+
+    @staticmethod
+    def supports(goal: list[list[str]]) -> bool:
+        """True for a single `close(<cabinet>_<level>_region)` goal (a drawer; libero_10's microwave has its own)."""
+        return len(goal) == 1 and len(goal[0]) == 2 and goal[0][0] == "close" and goal[0][1].endswith("_region")
+
+    def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
+        handle, pull, opening, _ = drawer_geometry(env, self.region or env.goal[0][1])
+        self.region_name, self.pushed = self.region or env.goal[0][1], 0
+        # fingers close along the cabinet's face; the gripper leans `tilt` towards the push so the wrist and forearm
+        # trail behind the fingers, below the cabinet's top corner
+        rotation = axis_rotation(np.cross([0.0, 0.0, 1.0], pull), self.tilt) @ gripper_down(math.atan2(-pull[1], -pull[0]))
+        if opening <= CLOSED:
+            return [], rotation
+        # push at the handle's end nearest the robot: at its middle the arm's forearm meets the cabinet's top corner
+        # before the drawer is shut, and on the drawer front beside the handle (2.6 cm further in) the hand meets the
+        # drawer above (libero_10 task 3, measured)
+        sim = env.raw.sim
+        side = np.array([-pull[1], pull[0], 0.0])  # along the cabinet's face
+        base = sim.data.body_xpos[sim.model.body_name2id("robot0_base")]
+        side *= np.sign((base - handle) @ side) or 1.0  # pointing towards the robot
+        handle = handle + max(0.0, half_extent(sim, handle_geom(sim, drawer_body(sim, self.region_name), pull), side)
+                              - self.inset) * side
+        front = handle + 0.04 * pull
+        closed = handle - opening * pull
+        return [Waypoint(front + [0.0, 0.0, 0.10], GRIPPER_CLOSE, tol=0.015),
+                Waypoint(front, GRIPPER_CLOSE, speed=0.5, tol=0.01),
+                Waypoint(closed - self.beyond * pull, GRIPPER_CLOSE, tol=0.0),
+                Waypoint(closed + 0.06 * pull + [0.0, 0.0, 0.10], GRIPPER_CLOSE, tol=0.02)], rotation
+
+    def act(self, obs: dict) -> np.ndarray:
+        """The push (waypoint 2) lasts until the drawer is closed (read from the simulator) or `push_limit` steps."""
+        if self.index == 2:
+            self.pushed += 1
+            if drawer_geometry(self.env, self.region_name)[2] <= CLOSED or self.pushed >= self.push_limit:
+                self.index, self.steps = 3, 0
+            else:
+                self.steps = 0  # the waypoint's own step limit does not apply
+        return super().act(obs)
+
+
 class StoveExpert(WaypointExpert):
+    name = "stove"
+
     def __init__(self, stove: str | None = None) -> None:
         self.stove = stove
         """The stove's name (e.g. flat_stove_1); default: the one of the goal `turnon(stove)`."""
@@ -199,13 +295,18 @@ class SequenceExpert:
     def __init__(self, experts: list) -> None:
         self.experts = experts
 
+    @property
+    def name(self) -> str:
+        """'drawer+pick_place': the experts' names in order."""
+        return "+".join(e.name for e in self.experts)
+
     def reset(self, env) -> None:
         self.env, self.current = env, 0
         self.experts[0].reset(env)
 
     def act(self, obs: dict) -> np.ndarray:
         expert = self.experts[self.current]
-        if getattr(expert, "done", False) and self.current < len(self.experts) - 1:
+        while getattr(expert, "done", False) and self.current < len(self.experts) - 1:  # done at reset: skip it
             self.current += 1
             expert = self.experts[self.current]
             expert.reset(self.env)

@@ -15,7 +15,9 @@ Objects wider than the gripper opening (bowls) are grasped by the rim, `rim_offs
 object's centre with the fingers closing along x (the recipe of DESIGN.md section 7); others at
 their centre, fingers closing across their narrowest horizontal side. `grasp_side` -1 grasps the rim
 on the opposite side (-x), a second way of solving the same task (the multimodality experiment);
-0 aims at the bowl's centre, the average of the two ways.
+0 aims at the bowl's centre, the average of the two ways. Objects with a handle (`HANDLED`: the moka
+pots, 14 cm long with spout and handle, too wide to close across and no rim) are grasped by the
+handle: the collision geom furthest from the object's centre, fingers closing across it.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from rsd_pl.experts.geometry import (
     quat_to_matrix,
     yaw_to_close_along,
 )
-from rsd_pl.experts.scene import body_extent, body_points
+from rsd_pl.experts.scene import _subtree, body_extent, body_points
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 SUPPORTED_PREDICATES = ("on", "in")
+HANDLED = ("moka_pot",)  # objects grasped by their handle (name prefixes)
 
 
 @dataclass
@@ -53,7 +56,10 @@ class ExpertConfig:
     grasp_depth: float = 0.03       # centre grasp below the object's top ...
     finger_reach: float = 0.012     # ... but the eef no lower than this above the object's bottom
                                     # (the fingertips reach ~1.5 cm below the eef site)
-    clearance: float = 0.08         # approach height above the grasp point
+    clearance: float = 0.08         # approach height above the grasp point ...
+    approach_radius: float = 0.12   # ... at least `approach_margin` above any other object this close to it
+    approach_margin: float = 0.04
+    spot_margin: float = 0.03       # a shared region's spot stays this far inside its edge
     carry_gap: float = 0.08         # object bottom above the target top while carrying
     lift: float = 0.15              # minimum lift above the grasp point
     release_gap: float = 0.015      # object bottom above the target top at release
@@ -68,11 +74,16 @@ class ExpertConfig:
 class PickPlaceExpert:
     """`reset(env)` once per episode (after the wait steps), then `act(obs)` every step."""
 
-    def __init__(self, config: ExpertConfig | None = None, goal: list[str] | None = None) -> None:
+    name = "pick_place"  # recorded in each demo's `expert` attribute
+
+    def __init__(self, config: ExpertConfig | None = None, goal: list[str] | None = None, share: bool = False) -> None:
         """goal: the predicate to achieve, e.g. ['in', 'alphabet_soup_1', 'basket_1_contain_region']
-        (default: the env's single goal); one step of a SequenceExpert gets its own."""
+        (default: the env's single goal); one step of a SequenceExpert gets its own. share: the target region
+        receives other objects of the goal too (libero_10's two moka pots on one stove), so the object goes to
+        the free spot of the region (`_free_spot`) instead of its centre."""
         self.config = config or ExpertConfig()
         self.goal = goal
+        self.share = share
 
     @staticmethod
     def supports(goal: list[list[str]]) -> bool:
@@ -90,9 +101,11 @@ class PickPlaceExpert:
         self.target_body = self._target_body(raw, self.target_name)
         self.phase, self.phase_steps = "above", 0
         self.hold: np.ndarray | None = None  # eef - (object centre xy, object bottom z), measured after closing
+        self.spot: np.ndarray | None = None  # where a shared region receives the object (`share`)
         self.grasp_z = 0.0                   # eef height at the grasp, measured when the descent ends
         start = self._object()
-        self.rim = start.minor_width > self.config.max_grip_width  # cannot close across it
+        self.handle = self._handle(raw) if self.object_name.startswith(HANDLED) else None
+        self.rim = self.handle is None and start.minor_width > self.config.max_grip_width  # cannot close across it
         if self.config.grasp_side not in (-1, 0, 1):
             raise ValueError(f"grasp_side={self.config.grasp_side}: must be 1 (+x), -1 (-x) or 0 (centre)")
         if self.config.grasp_side != 1 and not self.rim:
@@ -100,9 +113,37 @@ class PickPlaceExpert:
                              f"(wider than {self.config.max_grip_width} m); {self.object_name} is grasped at its "
                              "centre")
         self.close_dir, self.shift_xy = 0.0, np.zeros(2)  # rim grasp: fingers close along x (yaw 90 deg)
-        if not self.rim:
+        if self.handle is not None:  # fingers close across the handle: perpendicular to centre -> handle
+            out = self.handle[:2] - start.center[:2]
+            self.close_dir = math.atan2(out[1], out[0]) + math.pi / 2
+        elif not self.rim:
             self.close_dir, self.shift_xy = self._clear_centre_grasp(raw, start)
         self.yaw = math.pi / 2 if self.rim else yaw_to_close_along(self.close_dir)
+        self.approach_z = self._approach_height(raw, start)
+
+    def _approach_height(self, raw, obj: Extent) -> float:
+        """Lowest eef height from which the hand can come over the grasp point without sweeping a neighbour off: the
+        tallest other movable object within `approach_radius` of it, plus the fingertips' reach and a margin
+        (libero_10's milk carton, 13 cm tall, stood in the way of the 8 cm approach to the cream cheese beside it).
+        Fixtures (cabinets, stoves) do not count: they do not topple, and rising over a cabinet beside the object
+        put the hand into its open drawer (libero_goal task 3)."""
+        cfg, grasp = self.config, self._grasp_point(obj)
+        movable = getattr(raw, "objects_dict", raw.obj_body_id)
+        tops = [p[np.linalg.norm(p[:, :2] - grasp[:2], axis=1) < cfg.approach_radius, 2]
+                for name, body in raw.obj_body_id.items() if name != self.object_name and name in movable
+                for p in [body_points(raw.sim, body)]]
+        tallest = max((float(t.max()) for t in tops if len(t)), default=-math.inf)
+        return max(grasp[2] + cfg.clearance, tallest + cfg.approach_margin)
+
+    def _handle(self, raw) -> np.ndarray:
+        """(3,) world centre of the object's collision geom furthest (horizontally) from its centre, at reset."""
+        sim, body = raw.sim, self.object_body
+        bodies = _subtree(sim.model, body)
+        geoms = [g for g in range(sim.model.ngeom) if int(sim.model.geom_bodyid[g]) in bodies
+                 and (sim.model.geom_contype[g] or sim.model.geom_conaffinity[g])]
+        centre = extent_of(body_points(sim, body)).center
+        far = max(geoms, key=lambda g: float(np.linalg.norm(sim.data.geom_xpos[g][:2] - centre[:2])))
+        return sim.data.geom_xpos[far].copy()
 
     def _clear_centre_grasp(self, raw, obj: Extent) -> tuple[float, np.ndarray]:
         """(closing direction, xy shift along the object's long side) that keeps the hand off neighbours.
@@ -110,7 +151,9 @@ class PickPlaceExpert:
         Tries the narrow axis first, then small rotations and shifts that still fit the gripper.
         """
         cfg = self.config
-        others = [body_points(raw.sim, body) for name, body in raw.obj_body_id.items() if name != self.object_name]
+        # dense: the fingers can meet a box's face between its corners (libero_10's milk carton beside the cheese)
+        others = [body_points(raw.sim, body, dense=True) for name, body in raw.obj_body_id.items()
+                  if name != self.object_name]
         obstacles = np.concatenate(others) if others else np.zeros((0, 3))
         major = obj.minor_axis + math.pi / 2
         candidates = []
@@ -148,6 +191,8 @@ class PickPlaceExpert:
             xy = obj.center[:2] + [cfg.grasp_side * cfg.rim_offset, 0.0]
             top = local_top(self._points, xy, radius=0.02)
             return np.array([*xy, (obj.top if top is None else top) - cfg.rim_depth])
+        if self.handle is not None:
+            return self.handle.copy()
         z = max(obj.top - cfg.grasp_depth, obj.bottom + cfg.finger_reach)
         return np.array([*(obj.center[:2] + self.shift_xy), z])
 
@@ -155,15 +200,41 @@ class PickPlaceExpert:
         """Eef position that puts the held object's centre over the target, its bottom `gap` above it."""
         target = self.env.entity_pos(self.target_name)  # (3,) body origin or region site
         top = target[2] if self.target_body is None else body_extent(self.env.raw.sim, self.target_body).top
-        return np.array([target[0], target[1], top + gap]) + self.hold
+        xy = target[:2] if self.spot is None else self.spot
+        return np.array([xy[0], xy[1], top + gap]) + self.hold
+
+    def _free_spot(self) -> np.ndarray | None:
+        """(2,) the point of the target region (a site box, `spot_margin` inside its edge) furthest from every other
+        object near it; None when the target is not a region."""
+        raw, cfg = self.env.raw, self.config
+        site = raw.object_sites_dict.get(self.target_name)
+        if site is None:
+            return None
+        sid = raw.sim.model.site_name2id(site.name)
+        centre = raw.sim.data.site_xpos[sid][:2]
+        axes = raw.sim.data.site_xmat[sid].reshape(3, 3)[:2, :2]
+        half = np.maximum(raw.sim.model.site_size[sid][:2] - cfg.spot_margin, 0.0)
+        grid = np.linspace(-1.0, 1.0, 7)
+        spots = np.array([centre + axes @ (half * [u, v]) for u in grid for v in grid])  # (S, 2)
+        others = [body_points(raw.sim, body)[:, :2] for name, body in raw.obj_body_id.items()
+                  if name != self.object_name and body != self.target_body]
+        near = [p[np.linalg.norm(p - centre, axis=1) < 0.3] for p in others]
+        points = np.concatenate([p for p in near if len(p)] or [np.zeros((0, 2))])
+        if not len(points):
+            return centre.copy()
+        clearance = np.linalg.norm(spots[:, None] - points[None], axis=2).min(axis=1)  # (S,)
+        # the most clearance, then the nearest the centre (within a centimetre the spots count as equally clear)
+        best = max(range(len(spots)), key=lambda i: (round(clearance[i], 2), -np.linalg.norm(spots[i] - centre)))
+        return spots[best]
 
     def _waypoint(self, eef: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(target eef position, gripper command, max speed) of the current phase."""
         cfg, obj = self.config, self._object()
         if self.phase in ("above", "descend"):
             grasp = self._grasp_point(obj)
-            lift = cfg.clearance if self.phase == "above" else 0.0
-            return grasp + [0, 0, lift], GRIPPER_OPEN, 1.0 if self.phase == "above" else 0.5
+            if self.phase == "above":
+                return np.array([grasp[0], grasp[1], self.approach_z]), GRIPPER_OPEN, 1.0
+            return grasp, GRIPPER_OPEN, 0.5
         if self.phase == "close":
             return eef, GRIPPER_CLOSE, 0.0
         carry = self._place_point(cfg.carry_gap)
@@ -200,6 +271,7 @@ class PickPlaceExpert:
             if self.phase == "close":
                 obj = self._object()
                 self.hold = eef - np.array([obj.center[0], obj.center[1], obj.bottom])
+                self.spot = self._free_spot() if self.share else None
             self.phase, self.phase_steps = order[order.index(self.phase) + 1], 0
 
     @property

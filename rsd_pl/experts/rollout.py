@@ -18,6 +18,7 @@ class ExpertEpisode:
     states: np.ndarray | None = None           # (N, S) MuJoCo states before each action
     robot_states: np.ndarray | None = None     # (N, 9)
     obs: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (N, ...), see LiberoEnv.record
+    expert: str = ""                           # the expert's name, e.g. 'pick_place', 'drawer+pick_place'
 
 
 def run_expert_episode(env, init_state_index: int, max_steps: int | None = None, record: bool = False,
@@ -49,7 +50,8 @@ def run_expert_episode(env, init_state_index: int, max_steps: int | None = None,
         if env.success():
             success = True
             break
-    episode = ExpertEpisode(init_state_index, success, len(actions), np.stack(actions))
+    episode = ExpertEpisode(init_state_index, success, len(actions), np.stack(actions),
+                            expert=getattr(expert, "name", type(expert).__name__))
     if record:
         episode.states, episode.robot_states = np.stack(states), np.stack(robot_states)
         episode.obs = {key: np.stack([r[key] for r in records]) for key in records[0]}

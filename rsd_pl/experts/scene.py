@@ -17,8 +17,9 @@ def _subtree(model, root: int) -> set[int]:
     return bodies
 
 
-def _local_points(model, geom: int) -> np.ndarray:
-    """(P, 3) points of one geom in its own frame (mesh vertices or box/cylinder corners)."""
+def _local_points(model, geom: int, dense: bool = False) -> np.ndarray:
+    """(P, 3) points of one geom in its own frame (mesh vertices or box/cylinder corners; with `dense`, a box's or
+    cylinder's bounding box is sampled on a 5 x 5 x 5 grid, so a face between its corners is seen too)."""
     kind, size = int(model.geom_type[geom]), np.asarray(model.geom_size[geom])
     if kind == _MESH:
         mesh = int(model.geom_dataid[geom])
@@ -32,12 +33,13 @@ def _local_points(model, geom: int) -> np.ndarray:
         half = np.array([size[0]] * 3)
     else:
         return np.zeros((1, 3))
-    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+    steps = np.linspace(-1.0, 1.0, 5) if dense else (-1.0, 1.0)
+    signs = np.array([[sx, sy, sz] for sx in steps for sy in steps for sz in steps], dtype=np.float64)
     return signs * half
 
 
-def body_points(sim, body_id: int, collision_only: bool = True) -> np.ndarray:
-    """(P, 3) world points of the geoms of a body and its descendants."""
+def body_points(sim, body_id: int, collision_only: bool = True, dense: bool = False) -> np.ndarray:
+    """(P, 3) world points of the geoms of a body and its descendants (`dense`: see `_local_points`)."""
     model, data = sim.model, sim.data
     bodies = _subtree(model, body_id)
     points = []
@@ -46,7 +48,7 @@ def body_points(sim, body_id: int, collision_only: bool = True) -> np.ndarray:
             continue
         if collision_only and int(model.geom_contype[geom]) == 0 and int(model.geom_conaffinity[geom]) == 0:
             continue
-        local = _local_points(model, geom)
+        local = _local_points(model, geom, dense)
         rot = np.asarray(data.geom_xmat[geom]).reshape(3, 3)
         points.append(local @ rot.T + np.asarray(data.geom_xpos[geom]))
     if not points:

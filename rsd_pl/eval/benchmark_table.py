@@ -1,0 +1,155 @@
+"""`python -m rsd_pl benchmark-table`: one suite's benchmark, every observation setting side by side.
+
+Reads `<root>/<setting>/eval/report.json` (written by `eval`, one per observation setting, e.g.
+`runs/benchmark/libero_spatial/{privileged,images}`) and writes `<root>/benchmark.md`,
+`<root>/benchmark.json` and `<root>/benchmark.png`: success per mode and setting with Wilson 95%
+intervals, the paired difference from `ar` (Newcombe interval, McNemar p), p50 chunk latency, the
+speed of `speculative` against each baseline measured in the same run (bootstrap intervals), and
+success per task. Nothing is recomputed: every figure is the setting's own report's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.plots import DPI, mode_color
+from rsd_pl.eval.report import _fmt, _p_value, _points, _rate_ci
+
+SETTING_ORDER = ("privileged", "images")
+"""Settings written by scripts/benchmark.sh, listed first in this order; other folders follow by name."""
+
+
+def load_settings(root: Path) -> dict[str, dict[str, Any]]:
+    """setting name -> its report.json, for every `<root>/<setting>/eval/report.json`."""
+    if not root.is_dir():
+        raise RsdError(f"{root}: no such folder (expected <root>/<setting>/eval/report.json)")
+    found = {p.parent.parent.name: p for p in sorted(root.glob("*/eval/report.json"))}
+    if not found:
+        raise RsdError(f"{root}: no <setting>/eval/report.json below it: run the settings' eval first")
+    names = [s for s in SETTING_ORDER if s in found] + sorted(set(found) - set(SETTING_ORDER))
+    reports = {}
+    for name in names:
+        try:
+            reports[name] = json.loads(found[name].read_text())
+        except json.JSONDecodeError as error:
+            raise RsdError(f"{found[name]}: not valid JSON ({error})") from error
+        if "modes" not in reports[name] or "tasks" not in reports[name]:
+            raise RsdError(f"{found[name]}: not an eval report (no 'modes' / 'tasks')")
+    return reports
+
+
+def _ci(row: dict[str, Any]) -> str:
+    """'4/5 (38-96)': successes / trials with the Wilson 95% interval in percent."""
+    low, high = row["success_ci"]
+    return f"{row['successes']}/{row['trials']} ({_fmt(100 * low, '.0f')}-{_fmt(100 * high, '.0f')})"
+
+
+def _num(value: float | None) -> float:
+    """report.json holds NaN as null (`report._json_safe`); back to NaN for the formatters."""
+    return math.nan if value is None else value
+
+
+def _versus(report: dict[str, Any], mode: str) -> str:
+    paired = report["paired"]
+    if mode == paired["reference_mode"]:
+        return "reference"
+    test = paired["modes"].get(mode)
+    if not test:
+        return "-"
+    return (f"{_points(_num(test['difference']))} ({_points(_num(test['ci_low']))} to "
+            f"{_points(_num(test['ci_high']))}), p {_p_value(_num(test['p_value']))}")
+
+
+def markdown(suite: str, reports: dict[str, dict[str, Any]]) -> str:
+    modes = list(dict.fromkeys(m for r in reports.values() for m in r["modes"]))
+    lines = [f"# Benchmark: {suite}", "",
+             "Each setting's model on the same held-out episodes in every mode. Success with Wilson 95% intervals; "
+             "the difference from `ar` is paired on the same episodes (Newcombe 95% interval, exact McNemar p).", ""]
+    for name, report in reports.items():
+        lines.append(f"- **{name}**: {report['episodes']} episode runs; decoding: "
+                     + "; ".join(f"{mode} = {m['decoding']}" for mode, m in report["modes"].items()
+                                 if mode in ("ar_exit", "speculative")))
+    lines += ["", "## Success per mode", "",
+              "| mode | " + " | ".join(f"{n}: success (95% CI) | {n}: vs ar, points | {n}: p50 ms" for n in reports)
+              + " |", "|---" * (1 + 3 * len(reports)) + "|"]
+    for mode in modes:
+        cells = []
+        for report in reports.values():
+            m = report["modes"].get(mode)
+            cells += ([_rate_ci(m), _versus(report, mode), _fmt(m["latency_ms"]["p50"])] if m else ["-"] * 3)
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines += ["", "## Speed of `speculative`, same run", "",
+              "Chunk latency of the baseline / speculative's (p50), bootstrap 95% over episodes; above 1: "
+              "speculative is faster.", "", "| setting | " + " | ".join(
+                  f"vs {s}" for s in _baselines(reports)) + " |", "|---" * (1 + len(_baselines(reports))) + "|"]
+    for name, report in reports.items():
+        rows = {r["slow"]: r for r in report.get("speedups") or []}
+        cells = [f"{_fmt(rows[s]['p50_latency_ratio'], '.2f')}x ({_fmt(rows[s]['p50_ci'][0], '.2f')}-"
+                 f"{_fmt(rows[s]['p50_ci'][1], '.2f')})" if s in rows else "-" for s in _baselines(reports)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, report in reports.items():
+        lines += ["", f"## Per task: {name}", "", "successes / trials (Wilson 95% interval, %)", "",
+                  "| task | " + " | ".join(modes) + " |", "|---" * (1 + len(modes)) + "|"]
+        by_task: dict[int, dict[str, Any]] = {}
+        for t in report["tasks"]:
+            by_task.setdefault(t["task_id"], {"name": t["task_name"]})[t["mode"]] = t
+        for task_id, row in sorted(by_task.items()):
+            label = f"{task_id} {row['name'].replace('_', ' ')}"
+            lines.append(f"| {label} | " + " | ".join(_ci(row[m]) if m in row else "-" for m in modes) + " |")
+    lines += ["", "![success per mode and setting](benchmark.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _baselines(reports: dict[str, dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["slow"] for rep in reports.values() for r in rep.get("speedups") or []))
+
+
+def figure(suite: str, reports: dict[str, dict[str, Any]]):
+    """Success per mode (points with Wilson interval bars), one panel per setting."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 + 2.6 * len(reports), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(reports), sharey=True, squeeze=False)[0]
+    for ax, (name, report) in zip(axes, reports.items()):
+        for i, (mode, m) in enumerate(report["modes"].items()):
+            if not m["trials"]:
+                continue
+            rate, (low, high) = 100 * m["success_rate"], m["success_ci"]
+            ax.errorbar([i], [rate], yerr=[[rate - 100 * low], [100 * high - rate]], fmt="o", capsize=4,
+                        color=mode_color(mode))
+            ax.annotate(f"{m['successes']}/{m['trials']}\n{_fmt(m['latency_ms']['p50'])} ms", (i, 100 * low),
+                        textcoords="offset points", xytext=(0, -22), ha="center", fontsize=7)
+        ax.set_xticks(range(len(report["modes"])), list(report["modes"]), rotation=30)
+        ax.set_xlim(-0.6, len(report["modes"]) - 0.4)
+        ax.set_title(f"{name}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("success (%), Wilson 95%")
+    axes[0].set_ylim(-25, 105)
+    fig.suptitle(f"{suite}: success per mode (k/n, p50 chunk latency)", fontsize=11)
+    return fig
+
+
+def write(root: Path) -> Path:
+    reports = load_settings(root)
+    suite = root.name
+    out = root / "benchmark.md"
+    out.write_text(markdown(suite, reports))
+    (root / "benchmark.json").write_text(json.dumps({"suite": suite, "settings": reports}, indent=2) + "\n")
+    figure(suite, reports).savefig(root / "benchmark.png", dpi=DPI)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rsd_pl benchmark-table", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="runs/benchmark/libero_spatial",
+                        help="a suite's benchmark folder holding <setting>/eval/report.json")
+    args = parser.parse_args(argv)
+    out = write(Path(args.root))
+    print(out.read_text())
+    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+    return 0
