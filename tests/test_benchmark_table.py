@@ -24,7 +24,7 @@ def _setting(root, name: str, ar_wins: list[bool], spec_wins: list[bool], spec_m
     out = root / name / "eval"
     out.mkdir(parents=True)
     with open(out / rep.EPISODES_FILE, "w") as f:
-        for i, (a, s) in enumerate(zip(ar_wins, spec_wins)):
+        for i, (a, s) in enumerate(zip(ar_wins, spec_wins, strict=True)):
             f.write(json.dumps(_episode("ar", i // 2, i % 2, a, 20.0)) + "\n")
             f.write(json.dumps(_episode("speculative", i // 2, i % 2, s, spec_ms)) + "\n")
     rep.write_report(out)

@@ -135,10 +135,12 @@ def test_expert_for_a_goal_is_one_expert_per_predicate():
     # two objects onto one region share it: each goes to the region's free spot
     pots = [["on", "moka_pot_1", "flat_stove_1_cook_region"], ["on", "moka_pot_2", "flat_stove_1_cook_region"]]
     assert [e.share for e in expert_for(pots).experts] == [True, True]
-    assert not expert_for([["on", "moka_pot_1", "flat_stove_1_cook_region"], ["on", "mug_1", "plate_1"]]).experts[0].share
+    apart = [["on", "moka_pot_1", "flat_stove_1_cook_region"], ["on", "mug_1", "plate_1"]]
+    assert not expert_for(apart).experts[0].share
     microwave = [["in", "white_yellow_mug_1", "microwave_1_heating_region"], ["close", "microwave_1"]]
     assert not supports(microwave)
-    with pytest.raises(ValueError, match=r"goal \[\['in', 'white_yellow_mug_1'.*'close', 'microwave_1'\]\]: no scripted expert"):
+    with pytest.raises(ValueError,
+                       match=r"goal \[\['in', 'white_yellow_mug_1'.*'close', 'microwave_1'\]\]: no scripted expert"):
         expert_for(microwave)
 
 

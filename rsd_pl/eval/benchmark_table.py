@@ -83,14 +83,15 @@ def markdown(suite: str, reports: dict[str, dict[str, Any]]) -> str:
             m = report["modes"].get(mode)
             cells += ([_rate_ci(m), _versus(report, mode), _fmt(m["latency_ms"]["p50"])] if m else ["-"] * 3)
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    baselines = list(dict.fromkeys(r["slow"] for rep in reports.values() for r in rep.get("speedups") or []))
     lines += ["", "## Speed of `speculative`, same run", "",
               "Chunk latency of the baseline / speculative's (p50), bootstrap 95% over episodes; above 1: "
-              "speculative is faster.", "", "| setting | " + " | ".join(
-                  f"vs {s}" for s in _baselines(reports)) + " |", "|---" * (1 + len(_baselines(reports))) + "|"]
+              "speculative is faster.", "", "| setting | " + " | ".join(f"vs {s}" for s in baselines) + " |",
+              "|---" * (1 + len(baselines)) + "|"]
     for name, report in reports.items():
         rows = {r["slow"]: r for r in report.get("speedups") or []}
         cells = [f"{_fmt(rows[s]['p50_latency_ratio'], '.2f')}x ({_fmt(rows[s]['p50_ci'][0], '.2f')}-"
-                 f"{_fmt(rows[s]['p50_ci'][1], '.2f')})" if s in rows else "-" for s in _baselines(reports)]
+                 f"{_fmt(rows[s]['p50_ci'][1], '.2f')})" if s in rows else "-" for s in baselines]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, report in reports.items():
         lines += ["", f"## Per task: {name}", "", "successes / trials (Wilson 95% interval, %)", "",
@@ -105,17 +106,13 @@ def markdown(suite: str, reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _baselines(reports: dict[str, dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(r["slow"] for rep in reports.values() for r in rep.get("speedups") or []))
-
-
 def figure(suite: str, reports: dict[str, dict[str, Any]]):
     """Success per mode (points with Wilson interval bars), one panel per setting."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(3.2 + 2.6 * len(reports), 3.4), layout="constrained")
     axes = fig.subplots(1, len(reports), sharey=True, squeeze=False)[0]
-    for ax, (name, report) in zip(axes, reports.items()):
+    for ax, (name, report) in zip(axes, reports.items(), strict=True):
         for i, (mode, m) in enumerate(report["modes"].items()):
             if not m["trials"]:
                 continue

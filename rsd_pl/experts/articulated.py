@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsd_pl.experts.geometry import DOWN, gripper_down, pose_action, quat_to_matrix, rot_z
-from rsd_pl.experts.scene import body_points
+from rsd_pl.experts.scene import body_points, collision_geoms
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 UP = np.array([0.0, 0.0, 0.08])  # approach height above a contact point
@@ -123,7 +123,7 @@ def drawer_geometry(env, region: str) -> tuple[np.ndarray, np.ndarray, float, np
     body = drawer_body(sim, region)
     if body is None:
         raise ValueError(f"{env.task_name}: goal region {region!r} is not a drawer (no <cabinet>_cabinet_<level> body)")
-    joint = next(j for j in range(sim.model.njnt) if sim.model.jnt_bodyid[j] == body)
+    joint = drawer_joint(sim, body)
     axis = sim.data.xmat[body].reshape(3, 3) @ sim.model.jnt_axis[joint]
     pull = -axis / np.linalg.norm(axis)  # the drawer opens at negative qpos
     handle = sim.data.geom_xpos[handle_geom(sim, body, pull)].copy()
@@ -132,11 +132,14 @@ def drawer_geometry(env, region: str) -> tuple[np.ndarray, np.ndarray, float, np
     return handle, pull, opening, rot_z(heading + math.pi / 2) @ HORIZONTAL
 
 
+def drawer_joint(sim, body: int) -> int:
+    """The slide joint of a drawer body."""
+    return next(j for j in range(sim.model.njnt) if sim.model.jnt_bodyid[j] == body)
+
+
 def handle_geom(sim, body: int, pull: np.ndarray) -> int:
     """The drawer's collision geom furthest along its pull direction: the handle."""
-    geoms = [g for g in range(sim.model.ngeom) if sim.model.geom_bodyid[g] == body
-             and (sim.model.geom_contype[g] or sim.model.geom_conaffinity[g])]
-    return max(geoms, key=lambda g: float(sim.data.geom_xpos[g] @ pull))
+    return max(collision_geoms(sim.model, body, subtree=False), key=lambda g: float(sim.data.geom_xpos[g] @ pull))
 
 
 def axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -175,10 +178,11 @@ class CloseDrawerExpert(WaypointExpert):
 
     def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
         handle, pull, opening, _ = drawer_geometry(env, self.region or env.goal[0][1])
-        self.region_name, self.pushed = self.region or env.goal[0][1], 0
+        self.pushed = 0
         # fingers close along the cabinet's face; the gripper leans `tilt` towards the push so the wrist and forearm
         # trail behind the fingers, below the cabinet's top corner
-        rotation = axis_rotation(np.cross([0.0, 0.0, 1.0], pull), self.tilt) @ gripper_down(math.atan2(-pull[1], -pull[0]))
+        down = gripper_down(math.atan2(-pull[1], -pull[0]))
+        rotation = axis_rotation(np.cross([0.0, 0.0, 1.0], pull), self.tilt) @ down
         if opening <= CLOSED:
             return [], rotation
         # push at the handle's end nearest the robot: at its middle the arm's forearm meets the cabinet's top corner
@@ -188,7 +192,9 @@ class CloseDrawerExpert(WaypointExpert):
         side = np.array([-pull[1], pull[0], 0.0])  # along the cabinet's face
         base = sim.data.body_xpos[sim.model.body_name2id("robot0_base")]
         side *= np.sign((base - handle) @ side) or 1.0  # pointing towards the robot
-        handle = handle + max(0.0, half_extent(sim, handle_geom(sim, drawer_body(sim, self.region_name), pull), side)
+        body = drawer_body(sim, self.region or env.goal[0][1])
+        self.qpos = sim.model.jnt_qposadr[drawer_joint(sim, body)]  # read every push step
+        handle = handle + max(0.0, half_extent(sim, handle_geom(sim, body, pull), side)
                               - self.inset) * side
         front = handle + 0.04 * pull
         closed = handle - opening * pull
@@ -201,7 +207,7 @@ class CloseDrawerExpert(WaypointExpert):
         """The push (waypoint 2) lasts until the drawer is closed (read from the simulator) or `push_limit` steps."""
         if self.index == 2:
             self.pushed += 1
-            if drawer_geometry(self.env, self.region_name)[2] <= CLOSED or self.pushed >= self.push_limit:
+            if -float(self.env.raw.sim.data.qpos[self.qpos]) <= CLOSED or self.pushed >= self.push_limit:
                 self.index, self.steps = 3, 0
             else:
                 self.steps = 0  # the waypoint's own step limit does not apply

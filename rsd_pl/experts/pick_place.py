@@ -38,7 +38,7 @@ from rsd_pl.experts.geometry import (
     quat_to_matrix,
     yaw_to_close_along,
 )
-from rsd_pl.experts.scene import _subtree, body_extent, body_points
+from rsd_pl.experts.scene import body_extent, body_points, collision_geoms
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 SUPPORTED_PREDICATES = ("on", "in")
@@ -141,11 +141,9 @@ class PickPlaceExpert:
     def _handle(self, raw) -> np.ndarray:
         """(3,) world centre of the object's collision geom furthest (horizontally) from its centre, at reset."""
         sim, body = raw.sim, self.object_body
-        bodies = _subtree(sim.model, body)
-        geoms = [g for g in range(sim.model.ngeom) if int(sim.model.geom_bodyid[g]) in bodies
-                 and (sim.model.geom_contype[g] or sim.model.geom_conaffinity[g])]
         centre = extent_of(body_points(sim, body)).center
-        far = max(geoms, key=lambda g: float(np.linalg.norm(sim.data.geom_xpos[g][:2] - centre[:2])))
+        far = max(collision_geoms(sim.model, body),
+                  key=lambda g: float(np.linalg.norm(sim.data.geom_xpos[g][:2] - centre[:2])))
         return sim.data.geom_xpos[far].copy()
 
     def _clear_centre_grasp(self, raw, obj: Extent) -> tuple[float, np.ndarray]:

@@ -38,16 +38,19 @@ def _local_points(model, geom: int, dense: bool = False) -> np.ndarray:
     return signs * half
 
 
+def collision_geoms(model, body_id: int, subtree: bool = True, collision_only: bool = True) -> list[int]:
+    """The geoms of a body (and its descendants with `subtree`) that take part in contacts (all with
+    `collision_only=False`)."""
+    bodies = _subtree(model, body_id) if subtree else {body_id}
+    return [g for g in range(model.ngeom) if int(model.geom_bodyid[g]) in bodies
+            and (not collision_only or int(model.geom_contype[g]) or int(model.geom_conaffinity[g]))]
+
+
 def body_points(sim, body_id: int, collision_only: bool = True, dense: bool = False) -> np.ndarray:
     """(P, 3) world points of the geoms of a body and its descendants (`dense`: see `_local_points`)."""
     model, data = sim.model, sim.data
-    bodies = _subtree(model, body_id)
     points = []
-    for geom in range(model.ngeom):
-        if int(model.geom_bodyid[geom]) not in bodies:
-            continue
-        if collision_only and int(model.geom_contype[geom]) == 0 and int(model.geom_conaffinity[geom]) == 0:
-            continue
+    for geom in collision_geoms(model, body_id, collision_only=collision_only):
         local = _local_points(model, geom, dense)
         rot = np.asarray(data.geom_xmat[geom]).reshape(3, 3)
         points.append(local @ rot.T + np.asarray(data.geom_xpos[geom]))

@@ -36,7 +36,7 @@ def expert_for(goal: list[list[str]], grasp_side: int = 1, env=None):
     """A fresh expert for the goal (grasp_side: the pick-and-place expert's rim side); ValueError naming the goal
     when no expert handles one of its predicates. With `env`, `in(X, <drawer region>)` opens the drawer first
     (libero_goal's "open the top drawer and put the bowl inside")."""
-    # closing comes last whatever the BDDL order (libero_10: "put the bowl in the drawer and close it" lists close first)
+    # closing comes last whatever the BDDL order (libero_10 "put the bowl in the drawer and close it" lists it first)
     targets = [p[2] for p in goal if len(p) == 3]
     steps = [_steps(p, grasp_side, env, share=len(p) == 3 and targets.count(p[2]) > 1)
              for p in sorted(goal, key=lambda p: p[0] == "close")]
