@@ -136,8 +136,9 @@ def test_bad_task_or_init_state_is_an_error_before_simulating(tmp_path):
         main(["--tasks", "12", "--out", str(tmp_path)])
     with pytest.raises(RsdError, match=r"init state index .* 50 out of range: valid are 0\.\.49"):
         main(["--tasks", "0", "--init_states", "48-50", "--out", str(tmp_path)])
-    with pytest.raises(RsdError, match=r"libero_10 task 9 .*'close', 'microwave_1'.*: no scripted expert for it"):
-        main(["--suite", "libero_10", "--tasks", "9", "--out", str(tmp_path)])
+    with pytest.raises(RsdError, match=r"libero_90 task 39 \('turn off the stove'\): goal "
+                                        r"\[\['turnoff', 'flat_stove_1'\]\]: no scripted expert for it"):
+        main(["--suite", "libero_90", "--tasks", "39", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
 
 

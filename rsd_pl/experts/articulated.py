@@ -95,8 +95,9 @@ class DrawerExpert(WaypointExpert):
 
     @staticmethod
     def supports(goal: list[list[str]]) -> bool:
-        """True for a single `open(<region>)` goal (libero_goal's middle drawer; a drawer region's, see `plan`)."""
-        return len(goal) == 1 and len(goal[0]) == 2 and goal[0][0] == "open"
+        """True for a single `open(<region>)` goal (libero_goal's middle drawer; a drawer region's, see `plan`; a
+        microwave's `open(microwave_1)` is not)."""
+        return len(goal) == 1 and len(goal[0]) == 2 and goal[0][0] == "open" and goal[0][1].endswith("_region")
 
     def plan(self, env) -> tuple[list[Waypoint], np.ndarray]:
         handle, pull, opening, rotation = drawer_geometry(env, self.region or env.goal[0][1])

@@ -38,7 +38,7 @@ from rsd_pl.experts.geometry import (
     quat_to_matrix,
     yaw_to_close_along,
 )
-from rsd_pl.experts.scene import body_extent, body_points, collision_geoms
+from rsd_pl.experts.scene import body_extent, body_points, handle_geom_of
 
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
 SUPPORTED_PREDICATES = ("on", "in")
@@ -139,12 +139,8 @@ class PickPlaceExpert:
         return max(grasp[2] + cfg.clearance, tallest + cfg.approach_margin)
 
     def _handle(self, raw) -> np.ndarray:
-        """(3,) world centre of the object's collision geom furthest (horizontally) from its centre, at reset."""
-        sim, body = raw.sim, self.object_body
-        centre = extent_of(body_points(sim, body)).center
-        far = max(collision_geoms(sim.model, body),
-                  key=lambda g: float(np.linalg.norm(sim.data.geom_xpos[g][:2] - centre[:2])))
-        return sim.data.geom_xpos[far].copy()
+        """(3,) world centre of the object's handle (`scene.handle_geom_of`) at reset."""
+        return raw.sim.data.geom_xpos[handle_geom_of(raw.sim, self.object_body)].copy()
 
     def _clear_centre_grasp(self, raw, obj: Extent) -> tuple[float, np.ndarray]:
         """(closing direction, xy shift along the object's long side) that keeps the hand off neighbours.

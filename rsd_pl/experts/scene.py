@@ -61,3 +61,10 @@ def body_points(sim, body_id: int, collision_only: bool = True, dense: bool = Fa
 
 def body_extent(sim, body_id: int) -> Extent:
     return extent_of(body_points(sim, body_id))
+
+
+def handle_geom_of(sim, body_id: int) -> int:
+    """The collision geom of an object furthest (horizontally) from its centre: the handle of a moka pot or a mug."""
+    centre = extent_of(body_points(sim, body_id)).center
+    return max(collision_geoms(sim.model, body_id),
+               key=lambda g: float(np.linalg.norm(sim.data.geom_xpos[g][:2] - centre[:2])))

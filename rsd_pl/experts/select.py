@@ -5,16 +5,19 @@ moka pot on it")."""
 from __future__ import annotations
 
 from rsd_pl.experts.articulated import CloseDrawerExpert, DrawerExpert, SequenceExpert, StoveExpert, drawer_body
+from rsd_pl.experts.microwave import CloseDoorExpert, MicrowaveInsertExpert, is_microwave_region
 from rsd_pl.experts.pick_place import ExpertConfig, PickPlaceExpert
 
-SUPPORTED = ("goals made of on(X, Y) / in(X, Y) (pick and place), turnon(X) (a stove knob), open(X) and close(X) "
-             "(a drawer)")
+SUPPORTED = ("goals made of on(X, Y) / in(X, Y) (pick and place; into a microwave by the handle), turnon(X) (a stove "
+             "knob), open(X) and close(X) (a drawer region) and close(X) (a microwave's door)")
 
 
 def _steps(predicate: list[str], grasp_side: int, env, share: bool = False) -> list | None:
     """The experts that achieve one predicate, in order; None when no expert handles it. share: other predicates
     of the goal put objects on the same target."""
     if PickPlaceExpert.supports([predicate]):
+        if env is not None and predicate[0] == "in" and is_microwave_region(env, predicate[2]):
+            return [MicrowaveInsertExpert(predicate)]
         pick_place = PickPlaceExpert(ExpertConfig(grasp_side=grasp_side), goal=predicate, share=share)
         if env is not None and predicate[0] == "in" and drawer_body(env.raw.sim, predicate[2]) is not None:
             return [DrawerExpert(predicate[2]), pick_place]  # a closed drawer is opened first
@@ -25,6 +28,8 @@ def _steps(predicate: list[str], grasp_side: int, env, share: bool = False) -> l
         return [DrawerExpert(predicate[1])]
     if CloseDrawerExpert.supports([predicate]):
         return [CloseDrawerExpert(predicate[1])]
+    if CloseDoorExpert.supports([predicate]):
+        return [CloseDoorExpert(predicate[1])]
     return None
 
 
