@@ -39,7 +39,10 @@ def test_two_settings_side_by_side(tmp_path, capsys):
     assert (root / "benchmark.png").stat().st_size > 1000
     saved = json.loads((root / "benchmark.json").read_text())
     assert list(saved["settings"]) == ["privileged", "images"]  # benchmark.sh's order, not the folders'
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    rows: dict[str, str] = {}  # first table row per label (the success table comes before the others)
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
     # success with the Wilson interval, the paired difference from ar, p50 latency: privileged then images
     assert rows["ar"].startswith("| ar | 3/4 (75.0%, 95% CI 30.1-95.4) | reference | 20.5 | 1/4 (25.0%")
     assert "| speculative | 4/4 (100.0%, 95% CI 51.0-100.0) | +25.0 (" in rows["speculative"]
@@ -47,6 +50,10 @@ def test_two_settings_side_by_side(tmp_path, capsys):
     # speed of speculative against ar, same run: 20.5 / 10.5 ms (privileged), 20.5 / 40.5 ms (images)
     assert rows["privileged"].startswith("| privileged | 1.95x (")
     assert rows["images"].startswith("| images | 0.51x (")
+    # the settings against each other on the same episodes: ar 3/4 vs 1/4 (privileged only 2, images only 0)
+    assert "## privileged against images, same episodes" in text
+    assert "| ar | 4 | +50.0 (" in text and "p 0.500 | within noise |" in text
+    assert saved["settings_compared"]["images"]["speculative"]["mode_only"] == 4
     # per task, per setting, every mode
     assert "## Per task: privileged" in text and "## Per task: images" in text
     assert "| 1 put bowl 1 | 1/2 (9-91) | 2/2 (34-100) |" in text

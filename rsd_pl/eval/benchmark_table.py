@@ -5,7 +5,9 @@ Reads `<root>/<setting>/eval/report.json` (written by `eval`, one per observatio
 `<root>/benchmark.json` and `<root>/benchmark.png`: success per mode and setting with Wilson 95%
 intervals, the paired difference from `ar` (Newcombe interval, McNemar p), p50 chunk latency, the
 speed of `speculative` against each baseline measured in the same run (bootstrap intervals), and
-success per task. Nothing is recomputed: every figure is the setting's own report's.
+success per task: every figure of a setting is its own report's. One section is computed here: the
+first setting against each other one, mode by mode, on the episodes both ran (same task and trial, so the same
+init state), from the settings' `episodes.jsonl` (Newcombe interval, exact McNemar p).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from rsd_pl.errors import RsdError
+from rsd_pl.eval.episode_log import read_episodes
 from rsd_pl.eval.plots import DPI, mode_color
 from rsd_pl.eval.report import _fmt, _p_value, _points, _rate_ci
+from rsd_pl.eval.stats import paired_success_test, succeeded
 
 SETTING_ORDER = ("privileged", "images")
 """Settings written by scripts/benchmark.sh, listed first in this order; other folders follow by name."""
@@ -65,7 +69,26 @@ def _versus(report: dict[str, Any], mode: str) -> str:
             f"{_points(_num(test['ci_high']))}), p {_p_value(_num(test['p_value']))}")
 
 
-def markdown(suite: str, reports: dict[str, dict[str, Any]]) -> str:
+def compare_settings(root: Path, names: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{other setting: {mode: paired test of the first setting against it}} on the episodes both ran (same task and
+    trial); empty when there is one setting."""
+    def outcomes(name: str) -> dict[tuple[str, int, int, str], bool]:
+        return {(r["suite"], int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r)
+                for r in read_episodes(root / name / "eval")}
+
+    first = outcomes(names[0]) if len(names) > 1 else {}
+    tests: dict[str, dict[str, dict[str, Any]]] = {}
+    for other_name in names[1:]:
+        other = outcomes(other_name)
+        shared = sorted(set(first) & set(other))
+        modes = list(dict.fromkeys(k[3] for k in first if k in other))  # the run's order (l1, parallel, ar, ...)
+        tests[other_name] = {mode: paired_success_test([first[k] for k in shared if k[3] == mode],
+                                                       [other[k] for k in shared if k[3] == mode]) for mode in modes}
+    return tests
+
+
+def markdown(suite: str, reports: dict[str, dict[str, Any]],
+             settings_tests: dict[str, dict[str, dict[str, Any]]] | None = None) -> str:
     modes = list(dict.fromkeys(m for r in reports.values() for m in r["modes"]))
     lines = [f"# Benchmark: {suite}", "",
              "Each setting's model on the same held-out episodes in every mode. Success with Wilson 95% intervals; "
@@ -93,6 +116,15 @@ def markdown(suite: str, reports: dict[str, dict[str, Any]]) -> str:
         cells = [f"{_fmt(rows[s]['p50_latency_ratio'], '.2f')}x ({_fmt(rows[s]['p50_ci'][0], '.2f')}-"
                  f"{_fmt(rows[s]['p50_ci'][1], '.2f')})" if s in rows else "-" for s in baselines]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = next(iter(reports))
+    for other, tests in (settings_tests or {}).items():
+        lines += ["", f"## {first} against {other}, same episodes", "",
+                  f"Success of {first} minus {other}, paired on the episodes both ran (same task and trial): "
+                  "Newcombe 95% interval, exact McNemar p.", "", "| mode | episodes | difference, points | verdict |",
+                  "|---|---|---|---|"]
+        for mode, t in tests.items():
+            lines.append(f"| {mode} | {t['episodes']} | {_points(t['difference'])} ({_points(t['ci_low'])} to "
+                         f"{_points(t['ci_high'])}), p {_p_value(t['p_value'])} | {t['verdict']} |")
     for name, report in reports.items():
         lines += ["", f"## Per task: {name}", "", "successes / trials (Wilson 95% interval, %)", "",
                   "| task | " + " | ".join(modes) + " |", "|---" * (1 + len(modes)) + "|"]
@@ -126,7 +158,8 @@ def figure(suite: str, reports: dict[str, dict[str, Any]]):
         ax.set_title(f"{name}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("success (%), Wilson 95%")
-    axes[0].set_ylim(-25, 105)
+    axes[0].set_ylim(-25, 105)  # room for the labels under low points
+    axes[0].set_yticks(range(0, 101, 20))
     fig.suptitle(f"{suite}: success per mode (k/n, p50 chunk latency)", fontsize=11)
     return fig
 
@@ -135,8 +168,10 @@ def write(root: Path) -> Path:
     reports = load_settings(root)
     suite = root.name
     out = root / "benchmark.md"
-    out.write_text(markdown(suite, reports))
-    (root / "benchmark.json").write_text(json.dumps({"suite": suite, "settings": reports}, indent=2) + "\n")
+    tests = compare_settings(root, list(reports))
+    out.write_text(markdown(suite, reports, tests))
+    (root / "benchmark.json").write_text(json.dumps({"suite": suite, "settings": reports,
+                                                     "settings_compared": tests}, indent=2, default=float) + "\n")
     figure(suite, reports).savefig(root / "benchmark.png", dpi=DPI)
     return out
 
