@@ -251,16 +251,19 @@ class StoveExpert(WaypointExpert):
 
         self.joint = sim.model.jnt_qposadr[sim.model.joint_name2id(f"{stove}_button")]
         self.angle0 = float(sim.data.qpos[self.joint])  # the lever was measured at this angle
-        self.tangent, self.best, self.history = tangent, 0.0, []
+        self.tangent, self.best, self.history = tangent, None, []
         self.offset = radius * arm - (half_width + self.clearance) * tangent  # eef from the hinge, at angle0
         self.centre, self.z = centre, top - self.depth
         start = self.behind(0.0)
-        return [*self.approach(start), Waypoint(start, GRIPPER_CLOSE, tol=0.0),
+        return [*self.approach(start, start + UP), Waypoint(start, GRIPPER_CLOSE, tol=0.0),
                 Waypoint(start + UP, GRIPPER_CLOSE, speed=0.5)], gripper_down(0.0)
 
     @staticmethod
-    def approach(start: np.ndarray) -> list[Waypoint]:
-        return [Waypoint(start + UP, GRIPPER_CLOSE), Waypoint(start, GRIPPER_CLOSE, speed=0.5, tol=0.005)]
+    def approach(start: np.ndarray, rise: np.ndarray) -> list[Waypoint]:
+        """Up to `rise` (straight above the hand when starting again: going round at the lever's height dragged
+        the lever back), over `start`, down to it."""
+        return [Waypoint(rise, GRIPPER_CLOSE, tol=0.015), Waypoint(start + UP, GRIPPER_CLOSE),
+                Waypoint(start, GRIPPER_CLOSE, speed=0.5, tol=0.005)]
 
     def behind(self, angle: float) -> np.ndarray:
         """The eef beside the lever arm once the knob has turned `angle` rad from where it was planned."""
@@ -268,23 +271,25 @@ class StoveExpert(WaypointExpert):
         return np.array([xy[0], xy[1], self.z])
 
     def act(self, obs: dict) -> np.ndarray:
-        """Waypoints 0-1 approach; during waypoint 2 the target stays `push` m ahead of the lever, perpendicular to
+        """Waypoints 0-2 approach; during waypoint 3 the target stays `push` m ahead of the lever, perpendicular to
         it at its current angle (read from the simulator), until it has turned `turn` rad; then the gripper rises."""
-        if self.index == 2:
+        if self.index == 3:
             angle = float(self.env.raw.sim.data.qpos[self.joint])
             turned = angle - self.angle0
-            self.best = max(self.best, turned)
+            # the best angle of this push (the knob may have turned back while the hand went round)
+            self.best = max(turned if self.best is None else self.best, turned)
             self.history.append(turned)
             slipped = turned < self.best - 0.05  # the fingers went past the lever: the knob turns back
             stalled = len(self.history) > self.stall_steps and turned - self.history[-self.stall_steps] < 0.01
-            if slipped or stalled:  # go round and start again behind the lever
-                self.waypoints[:2] = self.approach(self.behind(turned))
-                self.index, self.steps, self.best, self.history = 0, 0, turned, []
+            if slipped or stalled:  # rise, go round and start again behind the lever
+                eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+                self.waypoints[:3] = self.approach(self.behind(turned), eef + UP)
+                self.index, self.steps, self.best, self.history = 0, 0, None, []
                 return super().act(obs)
             push = np.array([*_rotate(self.tangent, turned), 0.0])  # perpendicular to the lever as it is now
-            self.waypoints[2].target = self.behind(turned) + self.push * push
+            self.waypoints[3].target = self.behind(turned) + self.push * push
             if angle >= self.turn:
-                self.index, self.steps = 3, 0
+                self.index, self.steps = 4, 0
             self.steps = min(self.steps, 0)  # the turn has no step limit of its own (the episode's applies)
         return super().act(obs)
 
