@@ -10,8 +10,8 @@ vertically, closes on the bar, pulls 20 cm, lets go and rises clear of the drawe
 `turnon(<stove>)`: the knob turns about a vertical hinge and counts as on above 0.5 rad (LIBERO's FlatStove). Its
 lever is the knob body's top 2 cm of collision geometry; the closed gripper goes down beside the lever's arm that
 points away from the robot and pushes it round, always perpendicular to the lever at its current angle (read from
-the simulator); when the fingers slip past the lever (the knob turns back) or the push stalls, it goes round and
-starts again behind it. Measured: 43/50 init states of libero_goal's "turn on the stove" (README).
+the simulator); when the fingers slip past the lever (the knob turns back) or the push stalls, it rises straight
+up, goes round and starts again behind it. Measured: 49/50 init states of libero_goal's "turn on the stove" (README).
 
 `close(<cabinet>_<level>_region)`: the closed gripper, pointing down and leaning 40 degrees towards the push, pushes
 the open drawer's handle (near its end on the robot's side) until the joint reads closed. A drawer that is already
