@@ -29,7 +29,7 @@ from rsd_pl.experts.articulated import (
     half_extent,
 )
 from rsd_pl.experts.geometry import gripper_down, yaw_to_close_along
-from rsd_pl.experts.scene import _subtree, body_points, collision_geoms, handle_geom_of
+from rsd_pl.experts.scene import body_points, collision_geoms, handle_geom_of, subtree_bodies
 
 MICROWAVE = "microwave"  # name prefix of the objects these experts handle
 OPENING_OFFSET = -0.048  # m along the microwave's local x from its origin to the middle of its opening (LIBERO's model)
@@ -98,7 +98,7 @@ class MicrowaveInsertExpert(WaypointExpert):
 
 def door_joint(sim, body: int) -> int:
     """The hinge joint in an object's subtree (a microwave's door); ValueError when it has none."""
-    bodies = _subtree(sim.model, body)
+    bodies = subtree_bodies(sim.model, body)
     joints = [j for j in range(sim.model.njnt)
               if int(sim.model.jnt_bodyid[j]) in bodies and int(sim.model.jnt_type[j]) == HINGE]
     if not joints:

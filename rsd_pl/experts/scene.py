@@ -9,7 +9,8 @@ from rsd_pl.experts.geometry import Extent, extent_of
 _BOX, _MESH, _CYLINDER, _SPHERE = 6, 7, 5, 2  # mujoco mjtGeom values
 
 
-def _subtree(model, root: int) -> set[int]:
+def subtree_bodies(model, root: int) -> set[int]:
+    """The body and all its descendants (ids)."""
     bodies = {root}
     for body in range(model.nbody):  # parents have lower ids than children in MuJoCo
         if int(model.body_parentid[body]) in bodies and body != 0:
@@ -41,7 +42,7 @@ def _local_points(model, geom: int, dense: bool = False) -> np.ndarray:
 def collision_geoms(model, body_id: int, subtree: bool = True, collision_only: bool = True) -> list[int]:
     """The geoms of a body (and its descendants with `subtree`) that take part in contacts (all with
     `collision_only=False`)."""
-    bodies = _subtree(model, body_id) if subtree else {body_id}
+    bodies = subtree_bodies(model, body_id) if subtree else {body_id}
     return [g for g in range(model.ngeom) if int(model.geom_bodyid[g]) in bodies
             and (not collision_only or int(model.geom_contype[g]) or int(model.geom_conaffinity[g]))]
 
