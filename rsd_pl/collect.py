@@ -2,9 +2,11 @@
 
 One file per task, `<out>/<task_name>_demo.hdf5`, as the official datasets. Only successful episodes
 are kept; each demo stores its benchmark init-state index. Worker processes (spawn, one env each)
-run the episodes and send the arrays back; only this process writes. A rerun skips the init states
-already in the file and collects the rest; a file with another schema (other cameras, image size or
-task) or a corrupted one is an error, never overwritten.
+run the episodes and send the arrays back; only this process writes, and only one collect process
+writes a folder at a time. Demos are staged as they finish and the task's file is replaced whole
+(`rsd_pl.data.demo_writer`), so a kill loses at most the episodes in flight. A rerun skips the init
+states already collected and collects the rest; a file with another schema (other cameras, image size
+or task) or a corrupted one is an error, never overwritten.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 from tqdm import tqdm
 
-from rsd_pl.data.libero_hdf5 import DemoWriter
+from rsd_pl.data.demo_writer import DemoWriter
+from rsd_pl.durable import FolderLock
 from rsd_pl.envs import (
     CAMERAS,
     SHADOWS,
@@ -246,6 +249,11 @@ def main(argv: list[str]) -> int:
     values.pop("config", None)
     cfg = CollectConfig(**values)
     cfg.validate()
+    with FolderLock(cfg.out, "collect"):  # a second collect into the same folder is refused
+        return _collect(cfg)
+
+
+def _collect(cfg: CollectConfig) -> int:
     spec = suite_spec(cfg.suite)
     tasks = [check_index(f"task id for {spec.name}", t, spec.num_tasks) for t in parse_index_list(cfg.tasks)]
     for task_id in tasks:  # index, schema and corruption checks before any simulation

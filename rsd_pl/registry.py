@@ -23,6 +23,7 @@ Weights load with safetensors only: loading never unpickles.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import json
 import math
@@ -41,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rsd_pl.durable import atomic_write, disk_full_error, fsync_dir
 from rsd_pl.errors import RsdError
 
 INDEX_FILE = "registry.json"
@@ -225,23 +227,15 @@ class Registry:
             for path in tmp.iterdir():
                 _fsync(path)
             os.rename(tmp, parent / f"v{version}")
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
+            if _is_disk_full(error):
+                raise disk_full_error(parent / f"v{version}", f"{self.index_path} is unchanged", error) from error
             raise
-        _fsync(parent)
+        fsync_dir(parent)
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".json", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(index, handle, indent=2, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.index_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync(self.root)
+        atomic_write(self.index_path, json.dumps(index, indent=2, sort_keys=True))
 
 
 # ----- helpers ---------------------------------------------------------------------------------
@@ -373,6 +367,13 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC from Python's own writes, or from safetensors (which reports it in its message)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return "No space left on device" in str(error)
 
 
 # ----- `python -m rsd_pl registry` ---------------------------------------------------------------

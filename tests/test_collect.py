@@ -162,7 +162,7 @@ def _demo_episode(index: int, success: bool) -> ExpertEpisode:
 def offline_task(monkeypatch, tmp_path):
     """collect_task against a plain DemoWriter in tmp_path (no LIBERO): 4 init states."""
     import rsd_pl.collect as collect
-    from rsd_pl.data.libero_hdf5 import DemoWriter
+    from rsd_pl.data.demo_writer import DemoWriter
 
     path = tmp_path / "task_demo.hdf5"
     monkeypatch.setattr(collect, "open_writer", lambda cfg, task_id: DemoWriter(

@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from rsd_pl.data.libero_hdf5 import DemoWriter, read_episodes, resolve_demo_files, validate_file
+from rsd_pl.data.demo_writer import DemoWriter
+from rsd_pl.data.libero_hdf5 import read_episodes, resolve_demo_files, validate_file
 from rsd_pl.data.synthetic import synthetic_demo, write_synthetic_demos
 from rsd_pl.errors import RsdError
 

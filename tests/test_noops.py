@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rsd_pl.data.libero_hdf5 import DemoWriter, noop_mask, read_episodes
+from rsd_pl.data.demo_writer import DemoWriter
+from rsd_pl.data.libero_hdf5 import noop_mask, read_episodes
 from rsd_pl.data.normalize import ActionNormalizer
 from rsd_pl.data.synthetic import synthetic_demo
 from rsd_pl.errors import RsdError

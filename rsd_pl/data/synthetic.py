@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsd_pl.data.libero_hdf5 import DemoWriter
+from rsd_pl.data.demo_writer import DemoWriter
 
 INSTRUCTIONS = (
     "pick up the black bowl next to the plate and place it on the plate",

@@ -1,14 +1,16 @@
 """The episode log of an evaluation: `<out>/episodes.jsonl`, one JSON line per finished (episode, mode),
 appended and flushed as each ends (per-rank files under DDP, merged at the end); read back for resuming and
-for the report. A torn last line (a killed writer) is dropped and that episode redone."""
+for the report. A torn last line (a killed writer) is ignored by readers and cut off by the next writer
+before it appends (`rsd_pl.durable.repair_torn_tail`), so that episode is redone and logged on a line of
+its own; a bad line anywhere else is an error naming the file and line."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from rsd_pl.durable import append_jsonl, repair_torn_tail
 from rsd_pl.errors import RsdError
 
 EPISODES_FILE = "episodes.jsonl"
@@ -55,32 +57,30 @@ def read_episodes(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class EpisodeLog:
-    """Appends one JSON line per finished episode and flushes it (a kill loses at most one line)."""
+    """Appends one JSON line per finished episode and flushes it (a kill loses at most one line, which the
+    next writer cuts off before appending)."""
 
     def __init__(self, out_dir: Path, rank: int, world_size: int) -> None:
         name = EPISODES_FILE if world_size == 1 else f"episodes.rank{rank}.jsonl"
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / name
+        repair_torn_tail(self.path)
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, record)
 
 
 def merge_rank_files(out_dir: Path) -> None:
     """Fold per-rank logs into episodes.jsonl (skipping episodes already there, unless only as an
     error: a retry is appended after it), then remove them."""
-    merged = {episode_key(r) for r in read_episodes_file(out_dir / EPISODES_FILE) if r["status"] != "error"}
-    with open(out_dir / EPISODES_FILE, "a") as f:
-        for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
-            for record in read_episodes_file(path):
-                if episode_key(record) not in merged:
-                    merged.add(episode_key(record))
-                    f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    target = out_dir / EPISODES_FILE
+    repair_torn_tail(target)
+    merged = {episode_key(r) for r in read_episodes_file(target) if r["status"] != "error"}
+    for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
+        for record in read_episodes_file(path):
+            if episode_key(record) not in merged:
+                merged.add(episode_key(record))
+                append_jsonl(target, record)
     for path in sorted(out_dir.glob(RANK_FILE_GLOB)):
         path.unlink()
 

@@ -72,9 +72,13 @@ class EvalConfig:
     """`oft` mode: dtype of OFT's weights (bfloat16 as OFT deploys; float32 for the reference precision)."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     """Engine settings shared by all modes (decoding.mode is replaced by each entry of `modes`)."""
-    camera_size: int = 128
-    """Side of the rendered camera images before resizing to the model's image size (LIBERO demos,
-    which the model was trained on, are rendered at 128)."""
+    camera_size: int | None = None
+    """Side of the rendered camera images before resizing to the model's image size; null = the side of the
+    frames the main model was trained on (recorded in its artifact; 128, the LIBERO datasets', for artifacts
+    that predate the record; 256 for `oft` alone). A value other than the recorded one is refused unless
+    allow_obs_mismatch."""
+    allow_obs_mismatch: bool = False
+    """Evaluate with a camera_size other than the training demos' (a loud warning instead of an error)."""
     shadows: bool = SHADOWS
     """Render MuJoCo shadows and reflections. Off by default (1.6x faster CPU rendering), as in
     `collect`; turn on for models trained on the official LIBERO datasets."""
@@ -122,6 +126,31 @@ class ObsSpec:
     """Whether the model takes the privileged object_pos [B, 6]."""
     image_pipeline: str = "resize"
     """How frames become the model's images (`resize` for tiny, `oft` for openvla)."""
+    camera_size: int | None = field(default=None, compare=False)
+    """Side the cameras render at in this evaluation, resolved against the training frames by
+    `resolve_camera_size` (None: EvalConfig.camera_size, else 128). Not part of equality: two models that
+    observe the same cameras and images render at one side."""
+
+
+DEFAULT_CAMERA_SIZE = 128  # the official LIBERO datasets' renders
+
+
+def resolve_camera_size(cfg: EvalConfig, trained: int | None, source: str) -> int:
+    """The render side of this evaluation: the training demos' unless cfg says otherwise, which is refused
+    (or, with allow_obs_mismatch, warned about) when it differs from what the model was trained on."""
+    if trained is None:
+        if cfg.camera_size is None:
+            print(f"eval: {source} does not record the side of its training frames (exported before that was "
+                  f"recorded): rendering at {DEFAULT_CAMERA_SIZE} px; set camera_size if its demos differ")
+        return cfg.camera_size or DEFAULT_CAMERA_SIZE
+    if cfg.camera_size is None or cfg.camera_size == trained:
+        return trained
+    message = (f"camera_size={cfg.camera_size}, but {source} was trained on {trained} px frames: the model would "
+               f"see frames rendered at {cfg.camera_size} and resized, not what it was trained on")
+    if not cfg.allow_obs_mismatch:
+        raise RsdError(f"{message}; leave camera_size unset (= {trained}) or set allow_obs_mismatch: true")
+    print(f"WARNING: {message} (allow_obs_mismatch is set)")
+    return cfg.camera_size
 
 
 def validate_config(cfg: EvalConfig) -> None:
@@ -154,7 +183,7 @@ def validate_config(cfg: EvalConfig) -> None:
                        "episode runner")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise RsdError(f"torch_threads={cfg.torch_threads}: must be >= 1 or null")
-    if cfg.camera_size < 1:
+    if cfg.camera_size is not None and cfg.camera_size < 1:
         raise RsdError(f"camera_size={cfg.camera_size}: must be >= 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise RsdError(f"max_steps={cfg.max_steps}: must be >= 1 or null")
@@ -352,8 +381,26 @@ def count_runs(items: list[dict[str, Any]]) -> int:
     return sum(len(item["modes"]) for item in items)
 
 
+def output_lock(out: str | Path, command: str) -> Any:
+    """The folder lock of an output folder (`rsd_pl.durable.FolderLock`), taken by the launching process only:
+    the ranks Lightning starts for DDP write their own files under the lock their launcher holds."""
+    from contextlib import nullcontext
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from rsd_pl.durable import FolderLock
+
+    return FolderLock(out, command) if getattr(rank_zero_only, "rank", 0) == 0 else nullcontext()
+
+
 def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec) -> dict[str, Any] | None:
-    """Run the pending episodes through a Lightning predict loop, merge logs, write the report."""
+    """Run the pending episodes through a Lightning predict loop, merge logs, write the report; one process
+    at a time per output folder."""
+    with output_lock(cfg.out, "eval"):
+        return _run_eval(cfg, models, make_policy, obs)
+
+
+def _run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec) -> dict[str, Any] | None:
     out_dir = Path(cfg.out)
     items = pending_items(cfg)
     total, pending = count_runs(episode_list(cfg)), count_runs(items)
@@ -365,7 +412,8 @@ def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsS
     if items:
         collate = first_item if cfg.num_envs == 1 else list
         loader = DataLoader(EpisodeDataset(items), batch_size=cfg.num_envs, shuffle=False, collate_fn=collate)
-        module = EvalModule(models, make_policy, obs, out_dir, cfg.camera_size, cfg.video_fps, cfg.shadows,
+        camera_size = obs.camera_size or cfg.camera_size or DEFAULT_CAMERA_SIZE
+        module = EvalModule(models, make_policy, obs, out_dir, camera_size, cfg.video_fps, cfg.shadows,
                             num_envs=cfg.num_envs, video_size=cfg.video_size, record_paths=cfg.record_paths)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
@@ -400,6 +448,8 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
         models = load_rsd_models(cfg)
         main_config = models.pop("main_config")
         obs = obs_spec_from_config(main_config, cfg.main)
+        trained = (main_config.get("data") or {}).get("camera_size")
+        obs = dataclasses.replace(obs, camera_size=resolve_camera_size(cfg, trained, cfg.main))
         models["oft"] = None
     if "oft" in cfg.modes:
         models["oft"], oft_obs = load_oft_model(cfg, main_config)
@@ -425,13 +475,14 @@ def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None) -> tuple
     dtype = getattr(torch, cfg.oft_dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise RsdError(f"oft_dtype={cfg.oft_dtype!r} is not a torch dtype")
-    if cfg.camera_size != OFT_CAMERA_SIZE:
-        print(f"WARNING: camera_size={cfg.camera_size}, but OpenVLA-OFT was trained and evaluated on "
+    camera_size = cfg.camera_size or OFT_CAMERA_SIZE
+    if camera_size != OFT_CAMERA_SIZE:
+        print(f"WARNING: camera_size={camera_size}, but OpenVLA-OFT was trained and evaluated on "
               f"{OFT_CAMERA_SIZE} px LIBERO renders: the oft baseline will not be OFT's protocol")
     model = load_oft_policy(root, dtype, cfg.oft_unnorm_key)
     print(f"eval: oft from {root} ({model.stats.key}, {cfg.oft_dtype})")
     obs = ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=model.vla.spec.towers[0].image_size,
-                  object_pos=False, image_pipeline="oft")
+                  object_pos=False, image_pipeline="oft", camera_size=camera_size)
     return model, obs
 
 
@@ -542,6 +593,11 @@ def main(argv: list[str]) -> int:
     """`python -m rsd_pl eval --config configs/eval_libero_spatial.yaml [--field value ...]`."""
     cfg = parse_config(argv)
     validate_config(cfg)
+    with output_lock(cfg.out, "eval"):  # before the models load: a second writer is refused at once
+        return _main(cfg)
+
+
+def _main(cfg: EvalConfig) -> int:
     quiet_library_notices()
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)

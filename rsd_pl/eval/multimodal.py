@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from rsd_pl.durable import append_jsonl, repair_torn_tail
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import loop
 from rsd_pl.eval.loop import EvalConfig
-from rsd_pl.eval.report import read_episodes
+from rsd_pl.eval.report import read_episodes, read_jsonl
 from rsd_pl.eval.stats import wilson_interval
 
 SIDES = ("+x", "-x", "centre", "no grasp")
@@ -113,7 +114,9 @@ def run_expert_controls(cfg: MultimodalConfig) -> list[dict[str, Any]]:
     from rsd_pl.experts.select import expert_for
 
     log = Path(cfg.out) / EXPERT_FILE
-    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(log)
+    done = read_jsonl(log) if log.exists() else []
     keys = {(r["suite"], r["task_id"], r["trial"], r["grasp_side"]) for r in done}
     for suite in cfg.eval.suites:
         tasks = parse_index_list(cfg.eval.tasks) if cfg.eval.tasks else list(range(suite_spec(suite).num_tasks))
@@ -127,8 +130,7 @@ def run_expert_controls(cfg: MultimodalConfig) -> list[dict[str, Any]]:
                     episode = run_expert_episode(env, trial, expert=expert_for(env.goal, side, env=env))
                     record = {"suite": suite, "task_id": task_id, "trial": trial, "grasp_side": side,
                               "success": bool(episode.success), "steps": episode.steps}
-                    with log.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_jsonl(log, record)
                     done.append(record)
                     print(f"expert control grasp_side {side:+d}: task {task_id} trial {trial}: "
                           f"{'success' if episode.success else 'failure'} in {episode.steps} steps", flush=True)
@@ -229,6 +231,11 @@ def parse_config(argv: list[str]) -> MultimodalConfig:
 def main(argv: list[str]) -> int:
     cfg = parse_config(argv)
     runs = check(cfg)
+    with loop.output_lock(cfg.out, "multimodal"):
+        return _main(cfg, runs)
+
+
+def _main(cfg: MultimodalConfig, runs: list[EvalConfig]) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     experts = run_expert_controls(cfg) if cfg.expert_sides else []

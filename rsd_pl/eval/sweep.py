@@ -371,6 +371,11 @@ def main(argv: list[str]) -> int:
     runs = plan(cfg)
     for run in (run for run in runs if run.cfg is not None):
         check_logged_settings(run)
+    with loop.output_lock(cfg.out, "sweep"):  # after the checks: bad input never creates the folder
+        return _main(cfg, runs)
+
+
+def _main(cfg: SweepConfig, runs: list[Run]) -> int:
     if not run_sweep(cfg, runs):
         return 0
     sweep = write_sweep(cfg, runs)

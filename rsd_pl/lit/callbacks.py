@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 
 from rsd_pl.errors import RsdError
+from rsd_pl.lit.checkpoints import ResumableCheckpoint
 from rsd_pl.registry import Artifact, Registry
 
 PAYLOAD_KEYS = ("tensors", "config", "metrics", "lineage")
@@ -40,8 +41,9 @@ def check_export_protocol(module: L.LightningModule) -> None:
 
 
 def run_callbacks(module: L.LightningModule, run_dir: Path, with_logger: bool) -> list[Callback]:
-    """[ModelCheckpoint (best by monitor + last.ckpt, in `<run_dir>/checkpoints`), LR logging]."""
-    checkpoint = ModelCheckpoint(
+    """[ModelCheckpoint (best by monitor + last.ckpt, in `<run_dir>/checkpoints`; `ResumableCheckpoint`), LR
+    logging]."""
+    checkpoint = ResumableCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-{epoch}-{step}",
         monitor=module.monitor,

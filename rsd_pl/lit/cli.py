@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from rsd_pl.errors import RsdError
 from rsd_pl.lit.callbacks import check_export_protocol, export_message, export_to_registry, run_callbacks
+from rsd_pl.lit.checkpoints import with_atomic_checkpoints
 from rsd_pl.registry import Artifact, Registry
 
 
@@ -88,7 +89,9 @@ class RsdCLI(LightningCLI):
         self.checkpoint = ours[0]
         callbacks = [*(trainer_config.get("callbacks") or []), *ours]
         root = trainer_config.get("default_root_dir") or str(self.run_dir)
-        return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=root, **kwargs)
+        plugins = with_atomic_checkpoints(trainer_config.get("plugins"))  # a kill never leaves a torn last.ckpt
+        return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=root,
+                                           plugins=plugins, **kwargs)
 
     def before_fit(self) -> None:
         last = self.run_dir / "checkpoints" / "last.ckpt"

@@ -101,6 +101,7 @@ class MainModule(L.LightningModule):
         self.tokenizer_spec: str | None = None
         self.data_fingerprint: str | None = None
         self.data_cameras: list[str] | None = None
+        self.data_camera_size: int | None = None
         self.val_metrics: dict[str, float] = {}
         self._sums: dict[str, torch.Tensor] = {}
 
@@ -117,6 +118,7 @@ class MainModule(L.LightningModule):
         self.frozen["tokenizer"] = bundle
         self.tokenizer_spec, self.data_fingerprint = bundle.spec, datamodule.fingerprint()
         self.data_cameras = list(datamodule.cameras)  # eval renders these cameras (config["data"])
+        self.data_camera_size = datamodule.camera_size()  # ... at this side
         self.model.backbone.set_state_stats("proprio", *datamodule.state_stats("proprio"))
         if self.model.cfg.backbone.use_object_pos:
             self.model.backbone.set_state_stats("object_pos", *datamodule.state_stats("object_pos"))
@@ -234,7 +236,7 @@ class MainModule(L.LightningModule):
         return {
             "tensors": self.model.export_tensors(),
             "config": {"model": self.cfg.to_dict(), "hidden_size": self.model.hidden_size, "training": training,
-                       "data": {"cameras": self.data_cameras}},
+                       "data": {"cameras": self.data_cameras, "camera_size": self.data_camera_size}},
             "metrics": dict(self.val_metrics),
             "lineage": {"tokenizer": self.tokenizer_spec, "data_fingerprint": self.data_fingerprint},
             "extra_json": {},

@@ -163,6 +163,13 @@ class VLADataModule(L.LightningDataModule):
         self.train_set, self.val_set = subset(train_ids), subset(val_ids)
         self.num_episodes = (len(train_ids), len(val_ids))
 
+    def camera_size(self) -> int:
+        """Side of the demos' frames as rendered (before resizing to image_size): what eval must render."""
+        if self.train_set is None:
+            raise RuntimeError("VLADataModule.setup() must run before camera_size()")
+        frames = self.train_set.episodes[0].images[self.cameras[0]]  # (N, S0, S0, 3)
+        return int(frames.shape[1])
+
     def state_stats(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of `proprio` or `object_pos` over the training episodes."""
         if self.train_set is None:

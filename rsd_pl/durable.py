@@ -1,0 +1,175 @@
+"""Files that survive a kill at any moment: append-only JSON-line logs, whole-file atomic writes and a
+per-folder writer lock.
+
+- `append_jsonl` appends one record, flushed and fsynced; `repair_torn_tail` (called by every log writer
+  before its first append) cuts the fragment a killed writer left after the last newline, and says so.
+- `atomic_write` writes a file under a temporary name in the same folder, fsyncs and renames it over the
+  target: a reader sees the old content or the new one, never a mix. A full disk (ENOSPC) leaves the
+  old file as it was and raises `RsdError` saying so.
+- `FolderLock` refuses a second process writing the same output folder (eval, sweep, collect), naming
+  the folder and the process that holds it. It is an advisory `flock`, released by the kernel when the
+  holder dies, so a killed run never leaves a stale lock behind.
+
+Standard-library only, no rsd_pl imports beyond errors: anything may use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rsd_pl.errors import RsdError
+
+LOCK_FILE = ".rsd_pl.lock"
+
+
+def disk_full_error(path: Path, kept: str, error: BaseException) -> RsdError:
+    """The message of a write that failed for lack of space: what is kept, and where."""
+    reason = getattr(error, "strerror", None) or str(error)
+    return RsdError(f"{path}: disk full ({reason}): nothing of this write was kept; {kept}. "
+                    "Free some space and rerun: it resumes from there")
+
+
+def repair_torn_tail(path: Path) -> bool:
+    """Cut a JSON-line file back to its last newline (what a writer killed mid-line leaves after it).
+
+    Returns whether anything was cut; prints one line naming the file and the bytes dropped.
+    """
+    if not path.is_file():
+        return False
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        keep = _last_newline_end(f, size)
+        if keep == size:
+            return False
+        f.seek(keep)
+        fragment = f.read(200)
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    print(f"{path}: dropped a torn last line ({size - keep} bytes, a writer was killed mid-line: "
+          f"{fragment[:60]!r}...); that record is redone", file=sys.stderr)
+    return True
+
+
+def _last_newline_end(f: Any, size: int, block: int = 1 << 16) -> int:
+    """Offset just past the file's last b'\\n' (0 when there is none), reading backwards."""
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        f.seek(start)
+        chunk = f.read(end - start)
+        index = chunk.rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        end = start
+    return 0
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line, flushed to disk. A failed write (e.g. ENOSPC) is cut back off the file, so
+    the log keeps exactly its earlier records, and raises RsdError."""
+    line = (json.dumps(record) + "\n").encode()
+    with open(path, "ab") as f:
+        before = f.tell()
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as error:
+            f.truncate(before)
+            if error.errno == errno.ENOSPC:
+                raise disk_full_error(path, f"the file keeps its first {before} bytes", error) from error
+            raise
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` all at once (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            kept = "the previous version is intact" if path.exists() else "the file was not created"
+            raise disk_full_error(path, kept, error) from error
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FolderLock:
+    """`with FolderLock(out, "eval"):` - only one rsd_pl process writes `out` at a time.
+
+    The lock file `<out>/.rsd_pl.lock` holds the holder's pid, host, command and start time, so the
+    refusal can name it. A lock held by a dead process is free (flock dies with its holder). Re-entrant
+    within a process (eval takes it before loading models, and again around its episode loop).
+    """
+
+    _held: dict[Path, int] = {}  # folder -> nesting depth in this process
+
+    def __init__(self, folder: str | Path, command: str) -> None:
+        self.folder = Path(folder)
+        self.command = command
+        self._handle: Any = None
+
+    def __enter__(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = self.folder.resolve()
+        if key in FolderLock._held:
+            FolderLock._held[key] += 1
+            return self
+        handle = open(self.folder / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RsdError(f"{self.folder}: another rsd_pl process is writing this folder ({holder}); wait "
+                           f"for it to end, or use another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{self.command}, pid {os.getpid()} on {socket.gethostname()}, "
+                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._handle = handle
+        FolderLock._held[key] = 1
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        key = self.folder.resolve()
+        FolderLock._held[key] -= 1
+        if FolderLock._held[key]:
+            return
+        del FolderLock._held[key]
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
