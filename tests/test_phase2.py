@@ -113,6 +113,8 @@ def test_fit_export_reload_bit_identical_and_lineage(synthetic_demo_file, regist
     assert set(main_module.val_metrics) >= {"val/token_acc_layer_8", "val/l1_ar", "val/l1_regression"}
     main_art = export_to_registry(main_module, registry, {}, {}, {})
     assert main_art.lineage["tokenizer"] == "rfsq@1" and main_art.lineage["data_fingerprint"]
+    frames = read_episodes(synthetic_demo_file)[0].images["agentview_rgb"]  # (N, S0, S0, 3)
+    assert main_art.config["data"]["camera_size"] == frames.shape[1]  # eval renders at this side
 
     draft_module = DraftModule(main=main_art.spec, registry_root=str(registry.root), hidden=16, heads=2, mlp=32)
     fit(draft_module, data)

@@ -16,6 +16,7 @@ the staged files never adds a demo twice.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import h5py
 import numpy as np
 
 from rsd_pl.data.libero_hdf5 import IMAGE_KEYS, _check_actions, _complete_demo_keys, _open
-from rsd_pl.durable import fsync_dir
+from rsd_pl.durable import disk_full_error, fsync_dir
 from rsd_pl.errors import RsdError
 
 STAGED_DEMO = "demo"  # the group of a staged file
@@ -122,8 +123,15 @@ class DemoWriter:
         self.staging.mkdir(exist_ok=True)
         name = f"{len(self._existing):06d}-{uuid.uuid4().hex[:12]}.hdf5"  # fold order = staging order
         tmp = self.staging / f".{name}.tmp"
-        with h5py.File(tmp, "w") as f:
-            _write_demo(f.create_group(STAGED_DEMO), actions, states, robot_states, rewards, dones, obs, all_attrs)
+        try:
+            with h5py.File(tmp, "w") as f:
+                _write_demo(f.create_group(STAGED_DEMO), actions, states, robot_states, rewards, dones, obs,
+                            all_attrs)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if error.errno == errno.ENOSPC or "No space left" in str(error):
+                raise disk_full_error(self.path, f"its {len(self._existing)} earlier demos are kept", error) from error
+            raise
         tmp.rename(self.staging / name)
         fsync_dir(self.staging)
         self._shapes = self._shapes or new_shapes

@@ -1,0 +1,78 @@
+"""An eval folder whose episode log a kill tore mid-line resumes, reports every episode and resumes again;
+the render side is the training frames' unless overridden on purpose."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_eval_loop import CountingPolicy, _cfg
+from torch import nn
+
+from rsd_pl.errors import RsdError
+from rsd_pl.eval import loop
+from rsd_pl.eval.report import EPISODES_FILE
+
+
+@pytest.mark.libero
+def test_a_torn_episode_log_is_repaired_reported_in_full_and_resumable_again(tmp_path):
+    """The two reproductions: (1) the redone episode used to be glued to the fragment and dropped again (the
+    report counted one episode less); (2) the next rerun then failed on that line, for good."""
+    cfg = _cfg(tmp_path, num_trials=2)  # 2 trials x 2 modes, real LIBERO (cameras off), 5 steps each
+    obs = loop.ObsSpec(cameras=(), image_size=16, object_pos=False)
+    models = nn.ModuleDict({"main": nn.Linear(1, 1)})
+    torch.manual_seed(0)
+    loop.run_eval(cfg, models, CountingPolicy, obs)
+    log = tmp_path / "run" / EPISODES_FILE
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4
+    log.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed mid-line
+
+    CountingPolicy.calls = 0
+    report = loop.run_eval(cfg, models, CountingPolicy, obs)
+    assert CountingPolicy.calls == 5  # only the torn episode is redone
+    assert sum(mode["trials"] for mode in report["modes"].values()) == 4
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line is whole again
+    assert sorted((r["trial"], r["mode"]) for r in records) == [(0, "ar"), (0, "parallel"), (1, "ar"),
+                                                                 (1, "parallel")]
+
+    CountingPolicy.calls = 0
+    report = loop.run_eval(cfg, models, CountingPolicy, obs)  # used to fail: "episodes.jsonl:4: not a JSON line"
+    assert CountingPolicy.calls == 0 and sum(mode["trials"] for mode in report["modes"].values()) == 4
+
+
+@pytest.mark.parametrize("asked, allow, trained, expected", [
+    (None, False, 64, 64),    # default: the training frames' side
+    (64, False, 64, 64),      # the same, said explicitly
+    (128, True, 64, 128),     # another side on purpose
+    (None, False, None, 128),  # an artifact that predates the record: LIBERO's 128
+    (96, False, None, 96),
+])
+def test_camera_size_follows_the_training_frames(tmp_path, asked, allow, trained, expected):
+    cfg = _cfg(tmp_path, camera_size=asked, allow_obs_mismatch=allow)
+    assert loop.resolve_camera_size(cfg, trained, "main@1") == expected
+
+
+def test_a_camera_size_other_than_the_training_frames_is_refused_before_any_episode(tmp_path, tiny_registry):
+    """main@1 says it was trained on 64 px frames; `--camera_size 128` is the mistake that used to run silently."""
+    config_path = tiny_registry / "main" / "v1" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "data": {"camera_size": 64}}))
+    try:
+        cfg = _cfg(tmp_path, registry=str(tiny_registry), main="main@1", draft="draft@1", camera_size=128)
+        with pytest.raises(RsdError, match="camera_size=128, but main@1 was trained on 64 px frames"):
+            loop.load_models(cfg)
+        _, obs = loop.load_models(_cfg(tmp_path, registry=str(tiny_registry), main="main@1", draft="draft@1"))
+        assert obs.camera_size == 64
+    finally:
+        config_path.write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory):
+    from test_eval_loop import _tiny_registry
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    _tiny_registry(root)
+    return root
