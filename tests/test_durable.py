@@ -144,7 +144,8 @@ def test_a_full_disk_while_collecting_keeps_the_demo_file(full_disk):
     with DemoWriter(path, **HEADER) as writer:
         writer.add_demo(**synthetic_demo(np.random.default_rng(0), image_size=8), attrs={"init_state_index": 0})
     fill()
-    with pytest.raises(RsdError, match="(?s)disk full .*1 earlier demos are kept"), DemoWriter(path, **HEADER) as writer:
+    full = pytest.raises(RsdError, match="(?s)disk full .*1 earlier demos are kept")
+    with full, DemoWriter(path, **HEADER) as writer:
         writer.add_demo(**synthetic_demo(np.random.default_rng(1), image_size=8), attrs={"init_state_index": 1})
     assert [e.attrs["init_state_index"] for e in read_episodes(path)] == [0]
 

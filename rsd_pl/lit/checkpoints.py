@@ -3,9 +3,10 @@
 - `AtomicCheckpointIO` writes each `.ckpt` under a temporary name in the same folder, fsyncs it and renames
   it over the target, so `last.ckpt` is always the previous complete checkpoint or the new one (Lightning's
   own writer streams into the final name). A full disk leaves the previous file and says so.
-- `ResumableCheckpoint` is Lightning's `ModelCheckpoint` (best by the monitor, plus `last.ckpt`) that, when
-  resumed, finds its best checkpoint again if a kill came between removing the old best file and writing
-  `last.ckpt` (whose state still names the removed file).
+- `ResumableCheckpoint` is Lightning's `ModelCheckpoint` (best by the monitor, plus `last.ckpt`) that writes
+  `last.ckpt` at every validation (Lightning 2.6 writes it only with a new best) and, when resumed, finds
+  its best checkpoint again if a kill came between removing the old best file and writing `last.ckpt`
+  (whose state still names the removed file).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.partial"):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -61,6 +64,24 @@ def with_atomic_checkpoints(plugins: Any) -> list[Any]:
 
 class ResumableCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose resumed state never points at a best checkpoint that is gone."""
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def _save_last_anyway(self, trainer: Any) -> None:
+        """Write last.ckpt when the monitor did not improve too: Lightning 2.6 writes it only together with a new
+        best, so a kill sent training back to its last improvement, and a finished run resumed from there
+        trained the epochs since then again."""
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @property
     def state_key(self) -> str:

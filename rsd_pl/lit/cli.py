@@ -14,9 +14,11 @@ artifact name, so a resumed run continues its logs):
     <run_dir>/config.yaml                  the resolved config
     <run_dir>/checkpoints/best-*.ckpt      best by the model's `monitor`, and last.ckpt (resume format)
 
-Resume an interrupted run with the same command plus `--ckpt_path last`. After fit, rank 0
+Resume an interrupted run with the same command plus `--ckpt_path last` (checkpoints are written
+under a temporary name and renamed, so a kill never leaves a torn `last.ckpt`). After fit, rank 0
 re-validates the best checkpoint and exports it to the registry (`--registry_root`, default
-`$RSD_CHECKPOINTS` or `checkpoints`), printing `exported rfsq@3 (best) -> checkpoints/rfsq/v3`.
+`$RSD_CHECKPOINTS` or `checkpoints`), printing `exported rfsq@3 (best) -> checkpoints/rfsq/v3`; a
+rerun whose best checkpoint is already exported (same file) exports nothing new.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class RsdCLI(LightningCLI):
         validated = self._validate(best)
         run_lineage = {
             "checkpoint": str(Path(best).resolve()),
+            "checkpoint_id": checkpoint_id(best),
             "run_config": str((log_dir / "config.yaml").resolve()),
             "run_dir": str(self.run_dir.resolve()),
             "resumed_from": str(Path(resumed_from).resolve()) if resumed_from else None,
@@ -131,6 +134,11 @@ class RsdCLI(LightningCLI):
 
     def _export(self, validated: dict[str, float], run_lineage: dict[str, Any]) -> None:
         registry = Registry(self.config.fit.registry_root)
+        done = exported_before(registry, self.model.artifact_name, run_lineage["checkpoint_id"])
+        if done is not None:  # a rerun after a kill that came once the export was written
+            self.exported = done
+            print(f"{run_lineage['checkpoint']} is already exported as {done.spec}: nothing new to export")
+            return
         self.exported = export_to_registry(self.model, registry, validated, run_lineage, self._fit_config())
         print(export_message(self.exported, registry))
 
@@ -148,6 +156,19 @@ class RsdCLI(LightningCLI):
         """The resolved fit config, stored with the artifact as fit_config.json."""
         dumped = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
         return {"fit_config": yaml.safe_load(dumped)}
+
+
+def checkpoint_id(path: str | Path) -> str:
+    """Identity of a checkpoint file (path, size, mtime): a rerun finds the export of the same file."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def exported_before(registry: Registry, name: str, identity: str) -> Artifact | None:
+    """The version of `name` exported from the checkpoint `identity`, if any."""
+    if name not in registry.names():
+        return None
+    return next((art for art in registry.artifacts(name) if art.lineage.get("checkpoint_id") == identity), None)
 
 
 def run(argv: list[str]) -> RsdCLI:
