@@ -76,3 +76,41 @@ def tiny_registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
     _tiny_registry(root)
     return root
+
+
+HOLD = """
+import sys, time
+from rsd_pl.durable import FolderLock
+with FolderLock(sys.argv[1], sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("collect", ["--suite", "libero_spatial", "--tasks", "0", "--episodes", "1"]),
+    ("eval", ["--config", "configs/quickstart/eval.yaml"]),
+    ("sweep", ["--config", "configs/quickstart/sweep.yaml"]),
+])
+def test_a_second_process_writing_the_same_folder_is_refused(tmp_path, capsys, monkeypatch, command, argv):
+    """Another process (a real one) holds the folder: the command stops before any work, naming both."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rsd_pl.__main__ import main as cli
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setattr(loop, "load_models", lambda cfg: pytest.fail("models loaded by the refused process"))
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), command], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli([command, *argv, "--out", str(out)]) == 1
+        error = capsys.readouterr().err
+        assert f"{out}: another rsd_pl process is writing this folder ({command}, pid {holder.pid}" in error
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [".rsd_pl.lock"]  # nothing else was written

@@ -92,6 +92,7 @@ def check_collect_survives(tmp_path: Path, kills: int) -> int:
         assert f["data"].attrs["num_demos"] == len(demos) == 3
     assert len(set(indices)) == 3 and sorted(indices) == indices, indices
     assert not list(out.glob(".*.staged")) and not list(out.glob(".*.fold-*"))
+    print(f"[fault] collect: {killed} of {len(moments)} runs killed, then resumed to 3 demos, each once")
     return killed
 
 
@@ -157,6 +158,7 @@ def check_fit_survives(tmp_path: Path, demo_file: Path, kills: int) -> int:
     versions = check_registry_consistent(registry, "rfsq")
     assert len(versions) == 1, f"one finished fit, one indexed export (got {versions})"
     assert registry.joinpath("rfsq", f"v{versions[0]}").is_dir()
+    print(f"[fault] fit: {killed} of {len(moments)} runs killed, then resumed to step {expected}, one export")
     return killed
 
 
@@ -209,6 +211,8 @@ def check_eval_survives(tmp_path: Path, registry: Path, num_envs: int, kills: in
     run_to_end(cmd, log)
     assert outcomes(out) == expected
     assert json.loads((out / "report.json").read_text())["modes"]["ar"]["trials"] == 3
+    print(f"[fault] eval num_envs {num_envs}: {killed} of {kills} runs killed, then resumed to the same "
+          f"{len(expected)} records as an uninterrupted run")
     return killed
 
 

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rsd_pl.durable import atomic_write
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.episode_log import read_episodes
 from rsd_pl.eval.plots import DPI, mode_color
@@ -169,9 +170,9 @@ def write(root: Path) -> Path:
     suite = root.name
     out = root / "benchmark.md"
     tests = compare_settings(root, list(reports))
-    out.write_text(markdown(suite, reports, tests))
-    (root / "benchmark.json").write_text(json.dumps({"suite": suite, "settings": reports,
-                                                     "settings_compared": tests}, indent=2, default=float) + "\n")
+    atomic_write(out, markdown(suite, reports, tests))
+    atomic_write(root / "benchmark.json", json.dumps({"suite": suite, "settings": reports,
+                                                      "settings_compared": tests}, indent=2, default=float) + "\n")
     figure(suite, reports).savefig(root / "benchmark.png", dpi=DPI)
     return out
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rsd_pl.durable import atomic_write
 from rsd_pl.errors import RsdError
 
 PROPOSERS = ("draft", "parallel")
@@ -186,8 +187,8 @@ def main(argv: list[str]) -> int:
     summary = summarise(rows, costs, args.tau, main_model.num_layers)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    atomic_write(out, json.dumps(summary, indent=2))
     text = markdown(summary)
-    out.with_suffix(".md").write_text(text)
+    atomic_write(out.with_suffix(".md"), text)
     print(text + f"\nwritten: {out} and {out.with_suffix('.md')}")
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rsd_pl.durable import append_jsonl, repair_torn_tail
+from rsd_pl.durable import append_jsonl, atomic_write, repair_torn_tail
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import loop
 from rsd_pl.eval.loop import EvalConfig
@@ -253,8 +253,8 @@ def _main(cfg: MultimodalConfig, runs: list[EvalConfig]) -> int:
     summary = summarise(cfg, runs, experts)
     fig = paths_figure(summary)
     fig.savefig(out / "paths.png", dpi=130, bbox_inches="tight")
-    (out / "report.json").write_text(json.dumps(summary))
+    atomic_write(out / "report.json", json.dumps(summary))
     text = markdown(summary, cfg)
-    (out / "report.md").write_text(text)
+    atomic_write(out / "report.md", text)
     print(text + f"\nwritten: {out / 'report.md'}, {out / 'paths.png'}")
     return 0

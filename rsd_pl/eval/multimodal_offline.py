@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from rsd_pl.bench import identity_normalizer  # the synthetic chunks are already normalised
 from rsd_pl.decoding import DecodingConfig, DecodingEngine
+from rsd_pl.durable import atomic_write
 from rsd_pl.models.rfsq import ActionRFSQAE, sample_depths
 
 MODE_DIM = 1  # y
@@ -174,6 +175,6 @@ def main(argv: list[str]) -> int:
     result = run(parsed)
     out = Path("runs/multimodal_offline") / f"p{parsed.p_a:g}_steps{parsed.main_steps}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write(out, json.dumps(result, indent=2))
     print(markdown(result) + f"\nwritten: {out}")
     return 0

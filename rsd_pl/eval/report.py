@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rsd_pl.decoding.config import MODES
+from rsd_pl.durable import atomic_write
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.episode_log import (  # noqa: F401  (re-exported: the log's names, as before)
     EPISODES_FILE,
@@ -395,11 +396,11 @@ def write_report(out_dir: str | Path, tensorboard_dir: str | Path | None = None,
     report = build_report(records, reference_mode)
     images = write_plots(report, records, out_dir / "plots")
     report["plots"] = {title: path.relative_to(out_dir).as_posix() for title, path in images.items()}
-    (out_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    (out_dir / "eval_info.json").write_text(json.dumps(_json_safe(lerobot_eval_info(records, reference_mode)),
-                                                       indent=2) + "\n")
+    atomic_write(out_dir / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
+    info = lerobot_eval_info(records, reference_mode)
+    atomic_write(out_dir / "eval_info.json", json.dumps(_json_safe(info), indent=2) + "\n")
     text = markdown(report)
-    (out_dir / "report.md").write_text(text)
+    atomic_write(out_dir / "report.md", text)
     if tensorboard_dir is not None:
         log_tensorboard(report, tensorboard_dir, images=images)
     print(text)

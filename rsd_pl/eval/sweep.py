@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rsd_pl.decoding.config import MODES, DecodingConfig
+from rsd_pl.durable import atomic_write
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import loop
 from rsd_pl.eval.loop import EvalConfig
@@ -316,9 +317,9 @@ def write_sweep(cfg: SweepConfig, runs: list[Run]) -> dict[str, Any]:
         (out / PLOT).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out / PLOT, dpi=DPI)
         sweep["plot"] = PLOT
-    (out / "sweep.json").write_text(json.dumps(_json_safe(sweep), indent=2) + "\n")
+    atomic_write(out / "sweep.json", json.dumps(_json_safe(sweep), indent=2) + "\n")
     text = markdown(sweep)
-    (out / "sweep.md").write_text(text)
+    atomic_write(out / "sweep.md", text)
     print(text)
     return sweep
 
