@@ -14,7 +14,7 @@ from rsd_pl.errors import RsdError
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("rsd_pl.lit.cli", "main", "train a phase (--config configs/rfsq.yaml | main_tiny.yaml | draft_tiny.yaml)"),
-    "eval": ("rsd_pl.eval.loop", "main", "LIBERO rollouts with the decoding engine (--config configs/eval_*.yaml)"),
+    "eval": ("rsd_pl.eval.cli", "main", "LIBERO rollouts with the decoding engine (--config configs/eval_*.yaml)"),
     "collect": ("rsd_pl.collect", "main", "generate demonstrations with the scripted expert into LIBERO-format HDF5"),
     "synthetic": ("rsd_pl.data.synthetic", "main", "write a small synthetic LIBERO-format demo file (no simulator)"),
     "expert-check": ("rsd_pl.experts.check", "main", "success rate of the scripted expert per task"),

@@ -249,23 +249,27 @@ def main(argv: list[str]) -> int:
     values.pop("config", None)
     cfg = CollectConfig(**values)
     cfg.validate()
+    tasks = check_tasks(cfg)
     with FolderLock(cfg.out, "collect"):  # a second collect into the same folder is refused
-        return _collect(cfg)
+        return _collect(cfg, tasks)
 
 
-def _collect(cfg: CollectConfig) -> int:
+def check_tasks(cfg: CollectConfig) -> list[int]:
+    """Task ids, init states, expert support, and the schema and integrity of existing files, before any
+    simulation (read-only: bad input writes nothing)."""
     spec = suite_spec(cfg.suite)
     tasks = [check_index(f"task id for {spec.name}", t, spec.num_tasks) for t in parse_index_list(cfg.tasks)]
-    for task_id in tasks:  # index, schema and corruption checks before any simulation
+    for task_id in tasks:
         where, info = f"{cfg.suite} task {task_id}", task_info(cfg.suite, task_id)
         if not supports(info.goal):
             raise RsdError(f"{where} ({info.instruction!r}): goal {info.goal}: no scripted expert for it "
                            f"(they handle {SUPPORTED})")
         pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
-        writer = open_writer(cfg, task_id)
-        if writer.path.exists():  # validates schema and integrity; a new file is only created when written
-            with writer:
-                pass
+        open_writer(cfg, task_id).check_existing()
+    return tasks
+
+
+def _collect(cfg: CollectConfig, tasks: list[int]) -> int:
     start, summary = time.time(), []
     pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
             if cfg.workers > 1 else None)

@@ -23,9 +23,11 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from rsd_pl.errors import RsdError
 
@@ -94,14 +96,15 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
             raise
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Replace `path` with `data` all at once (temporary file in the same folder, fsync, rename)."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """`with atomic_file(path) as f: f.write(...)` replaces `path` all at once when the block ends (a temporary
+    `.<name>.*.partial` in the same folder, fsync, rename); an exception leaves the old file as it was."""
     path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -111,12 +114,18 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             kept = "the previous version is intact" if path.exists() else "the file was not created"
             raise disk_full_error(path, kept, error) from error
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Replace `path` with `data` all at once (`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename or a new file in it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -42,7 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rsd_pl.durable import atomic_write, disk_full_error, fsync_dir
+from rsd_pl.durable import atomic_write, disk_full_error, fsync_path
 from rsd_pl.errors import RsdError
 
 INDEX_FILE = "registry.json"
@@ -225,14 +225,14 @@ class Registry:
             for key, text in files.items():
                 (tmp / f"{key}.json").write_text(text)
             for path in tmp.iterdir():
-                _fsync(path)
+                fsync_path(path)
             os.rename(tmp, parent / f"v{version}")
         except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
             if _is_disk_full(error):
                 raise disk_full_error(parent / f"v{version}", f"{self.index_path} is unchanged", error) from error
             raise
-        fsync_dir(parent)
+        fsync_path(parent)
 
     def _write_index(self, index: dict[str, Any]) -> None:
         atomic_write(self.index_path, json.dumps(index, indent=2, sort_keys=True))
@@ -359,14 +359,6 @@ def _read_json_file(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RsdError(f"corrupted {path}: expected a JSON object, got {type(value).__name__}")
     return value
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_disk_full(error: BaseException) -> bool:

@@ -11,7 +11,8 @@ import torch
 from conftest import OFT_FIXTURE
 
 from rsd_pl.errors import RsdError
-from rsd_pl.models.backbone import BackboneConfig, build_backbone, build_text_tokenizer
+from rsd_pl.models.backbone import BackboneConfig, build_text_tokenizer
+from rsd_pl.models.factory import build_backbone
 from rsd_pl.models.main_model import MainModel, MainModelConfig
 from rsd_pl.models.openvla.backbone import block_causal_mask, check_openvla_dir
 

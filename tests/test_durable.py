@@ -129,7 +129,7 @@ def test_a_full_disk_during_checkpoint_and_export_keeps_the_previous_ones(full_d
     registry = Registry(disk / "registry")
     registry.export("tiny", {"w": torch.zeros(2)}, {}, {}, {})
     fill()
-    with pytest.raises(RsdError, match="disk full .*previous checkpoint is intact"):
+    with pytest.raises(RsdError, match="disk full .*previous version is intact"):
         io.save_checkpoint({"step": 2, "weights": torch.zeros(100_000)}, disk / "last.ckpt")
     assert torch.load(disk / "last.ckpt", weights_only=False) == {"step": 1}
     with pytest.raises(RsdError, match="disk full .*registry.json is unchanged"):

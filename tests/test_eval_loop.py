@@ -11,21 +11,26 @@ from torch import nn
 
 from rsd_pl.decoding.stats import ChunkStats, StatsAggregator
 from rsd_pl.errors import RsdError
-from rsd_pl.eval import loop
+from rsd_pl.eval.cli import parse_config
+from rsd_pl.eval.config import EvalConfig, ObsSpec, validate_config
+from rsd_pl.eval.episode_log import merge_rank_files
+from rsd_pl.eval.episodes import count_runs, episode_list, pending_items
+from rsd_pl.eval.loop import run_eval
+from rsd_pl.eval.models import load_models, obs_spec_from_config
 from rsd_pl.eval.report import EPISODES_FILE, read_episodes
 
 
-def _cfg(tmp_path, **overrides) -> loop.EvalConfig:
+def _cfg(tmp_path, **overrides) -> EvalConfig:
     base = {"out": str(tmp_path / "run"), "registry": str(tmp_path / "checkpoints"), "tasks": "0",
             "num_trials": 1, "modes": ["ar", "parallel"], "draft": None, "max_steps": 5,
             "videos_per_task": 0, "progress_bar": False, "accelerator": "cpu"}
-    return loop.EvalConfig(**{**base, **overrides})
+    return EvalConfig(**{**base, **overrides})
 
 
 def test_cli_overrides_any_field(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text("num_trials: 50\nmodes: [l1, ar]\ndecoding:\n  draft_len: 3\n")
-    cfg = loop.parse_config(["--config", str(config), "--num_trials", "2", "--tasks", "0-2"])
+    cfg = parse_config(["--config", str(config), "--num_trials", "2", "--tasks", "0-2"])
     assert (cfg.num_trials, cfg.modes, cfg.tasks, cfg.decoding.draft_len) == (2, ["l1", "ar"], "0-2", 3)
 
 
@@ -43,7 +48,7 @@ def test_cli_overrides_any_field(tmp_path):
 ])
 def test_bad_config_is_refused_before_any_episode(tmp_path, overrides, message):
     with pytest.raises(RsdError, match=message):
-        loop.validate_config(_cfg(tmp_path, **overrides))
+        validate_config(_cfg(tmp_path, **overrides))
 
 
 def test_main_refuses_bad_input_before_any_episode(tmp_path, capsys):
@@ -59,9 +64,9 @@ def test_main_refuses_bad_input_before_any_episode(tmp_path, capsys):
 
 
 def test_episode_list_one_item_per_episode_with_its_modes(tmp_path):
-    items = loop.episode_list(_cfg(tmp_path, tasks="1-2", num_trials=3, modes=["ar", "speculative"],
+    items = episode_list(_cfg(tmp_path, tasks="1-2", num_trials=3, modes=["ar", "speculative"],
                                    videos_per_task=1, max_steps=None))
-    assert len(items) == 2 * 3 and loop.count_runs(items) == 2 * 3 * 2
+    assert len(items) == 2 * 3 and count_runs(items) == 2 * 3 * 2
     assert {i["max_steps"] for i in items} == {220}
     by_key = {(i["task_id"], i["trial"]): i for i in items}
     assert by_key[(2, 1)]["seed"] == 7 + 2000 + 1 and by_key[(2, 1)]["modes"] == ["ar", "speculative"]
@@ -76,9 +81,9 @@ def test_pending_items_skip_finished_runs_per_mode(tmp_path):
             for m in ("ar", "speculative")] + [
            {"suite": "libero_spatial", "task_id": 0, "trial": 1, "mode": "speculative", "status": "error"}]
     (out / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in done))
-    items = loop.pending_items(cfg)
+    items = pending_items(cfg)
     assert [(i["trial"], i["modes"]) for i in items] == [(1, ["ar", "speculative"])]  # the error is retried
-    items = loop.pending_items(_cfg(tmp_path, num_trials=2, modes=["ar", "speculative"], draft="draft@best",
+    items = pending_items(_cfg(tmp_path, num_trials=2, modes=["ar", "speculative"], draft="draft@best",
                                     retry_errors=False))
     assert [(i["trial"], i["modes"]) for i in items] == [(1, ["ar"])]
 
@@ -95,7 +100,7 @@ def test_merge_rank_files(tmp_path):
     (tmp_path / EPISODES_FILE).write_text(json.dumps(rows[0]) + "\n")
     (tmp_path / "episodes.rank0.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
     (tmp_path / "episodes.rank1.jsonl").write_text(json.dumps(rows[2]) + "\n")
-    loop.merge_rank_files(tmp_path)
+    merge_rank_files(tmp_path)
     assert [r["trial"] for r in read_episodes(tmp_path)] == [0, 1, 2]
     assert not list(tmp_path.glob("episodes.rank*.jsonl"))
 
@@ -104,7 +109,7 @@ def test_merge_rank_files(tmp_path):
     with open(tmp_path / EPISODES_FILE, "a") as log:
         log.write(json.dumps(error) + "\n")
     (tmp_path / "episodes.rank1.jsonl").write_text(json.dumps({**error, "status": "success"}) + "\n")
-    loop.merge_rank_files(tmp_path)
+    merge_rank_files(tmp_path)
     assert len((tmp_path / EPISODES_FILE).read_text().splitlines()) == 5
     assert {r["trial"]: r["status"] for r in read_episodes(tmp_path)}[3] == "success"
 
@@ -133,11 +138,11 @@ class CountingPolicy:
 def test_rerun_resumes_and_skips_finished_episodes(tmp_path):
     """Real LIBERO env (cameras off), 2 modes x 1 episode of 5 steps; the rerun redoes nothing."""
     cfg = _cfg(tmp_path)
-    obs = loop.ObsSpec(cameras=(), image_size=16, object_pos=False)
+    obs = ObsSpec(cameras=(), image_size=16, object_pos=False)
     models = nn.ModuleDict({"main": nn.Linear(1, 1)})
     torch.manual_seed(0)
     CountingPolicy.calls = 0
-    report = loop.run_eval(cfg, models, CountingPolicy, obs)
+    report = run_eval(cfg, models, CountingPolicy, obs)
     assert CountingPolicy.calls == 2 * 5
     log = tmp_path / "run" / EPISODES_FILE
     first = log.read_text().splitlines()
@@ -149,11 +154,11 @@ def test_rerun_resumes_and_skips_finished_episodes(tmp_path):
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "report.json").is_file()
 
     CountingPolicy.calls = 0
-    loop.run_eval(cfg, models, CountingPolicy, obs)
+    run_eval(cfg, models, CountingPolicy, obs)
     assert CountingPolicy.calls == 0 and log.read_text().splitlines() == first
 
     log.write_text(first[0] + "\n")  # as if killed after the first episode
-    loop.run_eval(cfg, models, CountingPolicy, obs)
+    run_eval(cfg, models, CountingPolicy, obs)
     assert CountingPolicy.calls == 5
     assert len(log.read_text().splitlines()) == 2
 
@@ -196,19 +201,19 @@ def tiny_registry(tmp_path_factory):
 
 def test_load_models_follows_lineage_and_training_obs(tmp_path, tiny_registry):
     cfg = _cfg(tmp_path, registry=str(tiny_registry), main="main@1", draft="draft@1")
-    models, obs = loop.load_models(cfg)
+    models, obs = load_models(cfg)
     assert models["draft"] is not None and models["tokenizer"].num_layers == 8
-    assert obs == loop.ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=16, object_pos=True)
+    assert obs == ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=16, object_pos=True)
 
 
 def test_obs_spec_follows_recorded_cameras():
     config = {"model": {"backbone": {"image_size": 64, "num_cameras": 1, "use_object_pos": False}}}
-    assert loop.obs_spec_from_config(config, "m@1").cameras == ("agentview",)
+    assert obs_spec_from_config(config, "m@1").cameras == ("agentview",)
     config["data"] = {"cameras": ["eye_in_hand_rgb"]}
-    assert loop.obs_spec_from_config(config, "m@1").cameras == ("eye_in_hand",)
+    assert obs_spec_from_config(config, "m@1").cameras == ("eye_in_hand",)
     config["data"] = {"cameras": ["agentview_rgb", "eye_in_hand_rgb"]}
     with pytest.raises(RsdError, match="num_cameras=1"):
-        loop.obs_spec_from_config(config, "m@1")
+        obs_spec_from_config(config, "m@1")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -220,7 +225,7 @@ def test_obs_spec_follows_recorded_cameras():
 ])
 def test_mismatched_lineage_and_unknown_names_are_refused(tmp_path, tiny_registry, overrides, message):
     with pytest.raises(RsdError, match=message):
-        loop.load_models(_cfg(tmp_path, registry=str(tiny_registry), **overrides))
+        load_models(_cfg(tmp_path, registry=str(tiny_registry), **overrides))
 
 
 @pytest.mark.parametrize("path", ["configs/eval_libero_spatial.yaml", "configs/eval_libero_spatial_cpu.yaml",
@@ -229,12 +234,12 @@ def test_shipped_configs_parse_and_validate(path):
     """Every shipped eval config runs the strongest AR baseline (ar_exit) next to speculative."""
     from pathlib import Path
 
-    cfg = loop.parse_config(["--config", str(Path(__file__).parent.parent / path)])
-    loop.validate_config(cfg)
+    cfg = parse_config(["--config", str(Path(__file__).parent.parent / path)])
+    validate_config(cfg)
     assert cfg.modes[-3:] == ["ar", "ar_exit", "speculative"] and cfg.draft == "draft@best"
     assert cfg.reference_mode in cfg.modes and cfg.decoding.exit_bound == 0.05
 
 
 def test_reference_mode_must_be_evaluated(tmp_path):
     with pytest.raises(RsdError, match="reference_mode='ar' is not one of modes"):
-        loop.validate_config(_cfg(tmp_path, modes=["l1", "parallel"]))
+        validate_config(_cfg(tmp_path, modes=["l1", "parallel"]))

@@ -115,7 +115,7 @@ def test_parallel_envs_give_the_same_greedy_episodes_as_one_env(tmp_path):
         together = RecordingEngine(engine)
         pool = EnvPool(2, spec)
         try:
-            together_results = run_batched(pool, together, items, mode)
+            together_results = run_batched(pool, RSDPolicy(together), items, mode)
         finally:
             pool.close()
         assert [c.shape[0] for c in together.chunks] == [2] * 2  # both envs queried together, 2 chunks

@@ -11,7 +11,7 @@ from test_eval_loop import _tiny_registry
 
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import multimodal as mm
-from rsd_pl.eval.loop import EvalConfig
+from rsd_pl.eval.config import EvalConfig
 from rsd_pl.eval.report import EPISODES_FILE
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from test_eval_loop import _tiny_registry
 
-from rsd_pl.eval import loop, sweep
-from rsd_pl.eval.loop import EvalConfig
+from rsd_pl.eval import session as eval_session
+from rsd_pl.eval import sweep
+from rsd_pl.eval.config import DecodingConfig, EvalConfig, decoding_for
 from rsd_pl.eval.report import EPISODES_FILE
 
 ROOT = Path(__file__).parent.parent
@@ -55,7 +56,7 @@ def test_cli_refuses_bad_grid_before_loading_models(tmp_path, monkeypatch, capsy
     def no_loading(cfg):
         raise AssertionError("models loaded before the sweep was checked")
 
-    monkeypatch.setattr(loop, "load_models", no_loading)
+    monkeypatch.setattr(eval_session, "load_models", no_loading)
     out = tmp_path / "sweep"
     assert cli(["sweep", "--config", str(ROOT / "configs/quickstart/sweep.yaml"), "--out", str(out),
                 "--grid", "{tau: [0.1], beam_width: [2]}"]) == 1
@@ -81,7 +82,7 @@ def test_quickstart_sweep_plans_each_setting_once():
     variant = shipped[-1]  # the last extra point: lossless self-speculation with early exit
     assert variant.cfg.modes == ["speculative"] and variant.point == {
         "draft_source": "parallel", "acceptance": "exact", "early_exit_bound": 0.05}
-    assert loop.decoding_for(variant.cfg, "speculative").draft_len == [1, 7]  # the base setting it did not change
+    assert decoding_for(variant.cfg, "speculative").draft_len == [1, 7]  # the base setting it did not change
     grid = "{tau: [0.02, 0.05, 0.1, 0.2], draft_len: [[1, 7], [7]], exit_bound: [0.02, 0.05, 0.1]}"
     cfg = sweep.parse_config(["--config", str(ROOT / "configs/quickstart/sweep.yaml"), "--grid", grid,
                               "--points", "[]"])
@@ -134,7 +135,7 @@ def _write_logs(runs, deviations=True) -> None:
         records = []
         for mode in run.cfg.modes:
             latencies, main, statuses, scale = PROFILES[mode if run.title == "baseline" else run.point["tau"]]
-            decoding = loop.decoding_for(run.cfg, mode).to_dict()
+            decoding = decoding_for(run.cfg, mode).to_dict()
             records += [_episode(mode, t, s, latencies, main * len(latencies), decoding,
                                  scale * (t + 1) if deviations and scale else None)
                         for t, s in [*enumerate(statuses), (5, "success")]]
@@ -185,7 +186,7 @@ def test_resume_refuses_episodes_logged_with_other_settings(tmp_path):
     _write_logs(runs)
     for run in runs:
         sweep.check_logged_settings(run)
-    runs = sweep.plan(_cfg(tmp_path, eval_overrides={"decoding": loop.DecodingConfig(acceptance="relaxed",
+    runs = sweep.plan(_cfg(tmp_path, eval_overrides={"decoding": DecodingConfig(acceptance="relaxed",
                                                                                      draft_len=[1, 7])}))
     with pytest.raises(sweep.RsdError, match=r"tau0.02: speculative episodes there were decoded with .*\[7\]"):
         sweep.check_logged_settings(runs[1])

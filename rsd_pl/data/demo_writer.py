@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ import h5py
 import numpy as np
 
 from rsd_pl.data.libero_hdf5 import IMAGE_KEYS, _check_actions, _complete_demo_keys, _open
-from rsd_pl.durable import disk_full_error, fsync_dir
+from rsd_pl.durable import disk_full_error, fsync_path
 from rsd_pl.errors import RsdError
 
 STAGED_DEMO = "demo"  # the group of a staged file
@@ -55,14 +54,18 @@ class DemoWriter:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._next_index = 0
 
-    def __enter__(self) -> DemoWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.fold-*"):  # a fold killed before its rename
-            stale.unlink()
+    def check_existing(self) -> None:
+        """Read-only: RsdError if the file exists but is corrupted or has another schema (nothing is written)."""
         if self.path.exists():
             with _open(self.path) as f:
                 if "data" in f and "env_args" in f["data"].attrs:
                     self._check_same_schema(f["data"])
+
+    def __enter__(self) -> DemoWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.fold-*"):  # a fold killed before its rename
+            stale.unlink()
+        self.check_existing()
         self._fold()  # staged demos of a killed run; also creates the file with its header
         self._load_existing()
         self._entered = True
@@ -133,7 +136,7 @@ class DemoWriter:
                 raise disk_full_error(self.path, f"its {len(self._existing)} earlier demos are kept", error) from error
             raise
         tmp.rename(self.staging / name)
-        fsync_dir(self.staging)
+        fsync_path(self.staging)
         self._shapes = self._shapes or new_shapes
         self._existing.append(all_attrs)
         key = f"demo_{self._next_index}"
@@ -161,9 +164,9 @@ class DemoWriter:
                 data.attrs["rsd_last_fold"] = json.dumps(folded)
                 data.attrs["num_demos"] = len(_complete_demo_keys(data))
                 data.attrs["total"] = int(sum(data[k].attrs["num_samples"] for k in _complete_demo_keys(data)))
-            _fsync_file(tmp)
+            fsync_path(tmp)
             tmp.replace(self.path)
-            fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -202,8 +205,3 @@ def _drop_partial_demos(data: h5py.Group, where: Path) -> None:
     for key in [k for k in data.keys() if k.startswith("demo_") and "num_samples" not in data[k].attrs]:
         print(f"[DemoWriter] {where}: removing partial demo {key} left by an interrupted write")
         del data[key]
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())

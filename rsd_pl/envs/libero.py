@@ -227,13 +227,6 @@ class LiberoEnv:
 
             observable._sensor = gated
 
-    def render_frames(self, size: int) -> np.ndarray:
-        """The cameras rendered now at `size` (for videos, whatever size the model sees): uint8 [S, V*S, 3],
-        upright, side by side."""
-        frames = [np.asarray(self.raw.sim.render(camera_name=CAMERAS[c][0], width=size, height=size),
-                             dtype=np.uint8)[::-1, ::-1] for c in self.cameras]
-        return np.concatenate(frames, axis=1)
-
     def _set_render_flags(self) -> None:
         """Shadows/reflections on the offscreen context (robosuite may rebuild it on reset)."""
         context = getattr(self.raw.sim, "_render_context_offscreen", None)
@@ -244,14 +237,15 @@ class LiberoEnv:
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
             context.scn.flags[flag] = int(self.shadows)
 
-    def frame(self, obs: dict, camera: str) -> np.ndarray:
+    def frame(self, obs: dict, camera: str, size: int | None = None) -> np.ndarray:
         """Raw frame uint8 (S, S, 3) of a camera, upside down as LIBERO renders: taken from `obs`
         when the step rendered it, else rendered now from the current simulator state (end of the
-        step: about 2% of pixels differ from the step's own frame, see `_gate_cameras`)."""
+        step: about 2% of pixels differ from the step's own frame, see `_gate_cameras`). `size`: another
+        side than the observation's (videos), always rendered now."""
         name = CAMERAS[camera][0]
-        if f"{name}_image" in obs and self._frames_real:
+        size = size or self.camera_size
+        if size == self.camera_size and f"{name}_image" in obs and self._frames_real:
             return np.asarray(obs[f"{name}_image"], dtype=np.uint8)
-        size = self.camera_size
         return np.asarray(self.raw.sim.render(camera_name=name, width=size, height=size), dtype=np.uint8)
 
     def success(self) -> bool:

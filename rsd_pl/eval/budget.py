@@ -56,11 +56,13 @@ def load(args: argparse.Namespace) -> tuple[object, object, object, list[dict]]:
     """-> (main, draft, tokenizer, observation batches): the models as `eval` loads them (lineage checked), the
     observations from the demos' validation split, shaped as the main model was trained."""
     from rsd_pl.envs import CAMERAS
-    from rsd_pl.eval.loop import EvalConfig, load_models
+    from rsd_pl.eval.config import EvalConfig
+    from rsd_pl.eval.session import EvalSession
     from rsd_pl.lit.vla_data import Collate, VLADataModule
 
-    models, spec = load_models(EvalConfig(registry=args.registry, main=args.main, draft=args.draft,
-                                          modes=["speculative"]))
+    session = EvalSession.open(EvalConfig(registry=args.registry, main=args.main, draft=args.draft,
+                                          modes=["speculative"], torch_threads=args.threads))
+    models, spec = session.models, session.obs
     main = models["main"]
     data = VLADataModule(args.data, tokenizer=main_tokenizer_spec(args), registry_root=args.registry,
                          cameras=[CAMERAS[c][1] for c in spec.cameras], image_size=spec.image_size,
@@ -177,7 +179,6 @@ def markdown(summary: dict) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     main_model, draft, tokenizer, batches = load(args)
     clock, rows = Clock(), []
     for batch in tqdm(batches, desc="budget", unit="obs"):

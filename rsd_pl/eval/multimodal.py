@@ -23,9 +23,10 @@ import numpy as np
 
 from rsd_pl.durable import append_jsonl, atomic_write, repair_torn_tail
 from rsd_pl.errors import RsdError
-from rsd_pl.eval import loop
-from rsd_pl.eval.loop import EvalConfig
+from rsd_pl.eval.config import EvalConfig, validate_config
+from rsd_pl.eval.episodes import output_lock
 from rsd_pl.eval.report import read_episodes, read_jsonl
+from rsd_pl.eval.session import EvalSession
 from rsd_pl.eval.stats import wilson_interval
 
 SIDES = ("+x", "-x", "centre", "no grasp")
@@ -80,7 +81,7 @@ def arm_config(cfg: MultimodalConfig, arm: Arm) -> EvalConfig:
     run = dataclasses.replace(cfg.eval, modes=[arm.mode], reference_mode=arm.mode, decoding=decoding,
                               out=str(Path(cfg.out) / arm.name), record_paths=True, num_envs=1,
                               deviation_reference=None)
-    loop.validate_config(run)
+    validate_config(run)
     return run
 
 
@@ -231,7 +232,7 @@ def parse_config(argv: list[str]) -> MultimodalConfig:
 def main(argv: list[str]) -> int:
     cfg = parse_config(argv)
     runs = check(cfg)
-    with loop.output_lock(cfg.out, "multimodal"):
+    with output_lock(cfg.out, "multimodal"):
         return _main(cfg, runs)
 
 
@@ -239,17 +240,10 @@ def _main(cfg: MultimodalConfig, runs: list[EvalConfig]) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     experts = run_expert_controls(cfg) if cfg.expert_sides else []
-    import torch
-    from torch import nn
-
-    loop.quiet_library_notices()
-    if cfg.eval.torch_threads is not None:
-        torch.set_num_threads(cfg.eval.torch_threads)
-    models, obs = loop.load_models(dataclasses.replace(runs[0], modes=[arm.mode for arm in cfg.arms]))
-    modules = nn.ModuleDict({k: v for k, v in models.items() if isinstance(v, nn.Module)})
+    session = EvalSession.open(runs[0], modes=[arm.mode for arm in cfg.arms])
     for arm, run in zip(cfg.arms, runs, strict=True):
         print(f"multimodal: arm {arm.name} ({arm.mode} {arm.decoding}) -> {run.out}", flush=True)
-        loop.run_eval(run, modules, loop.policy_factory(run, models), obs)
+        session.run(run)
     summary = summarise(cfg, runs, experts)
     fig = paths_figure(summary)
     fig.savefig(out / "paths.png", dpi=130, bbox_inches="tight")

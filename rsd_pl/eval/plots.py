@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rsd_pl.decoding.config import MODES
+from rsd_pl.eval.plot_labels import place_labels
 
 DPI = 130
 LABEL_CHARS = 50
@@ -59,9 +60,9 @@ def success_vs_latency(report: dict[str, Any], records: list[dict[str, Any]]) ->
     ax.set_ylabel("success (%)")
     ax.set_title("Success vs chunk latency per mode (bars: Wilson 95% interval)", fontsize=11)
     ax.grid(alpha=0.3)
-    labels = [(m["latency_ms"]["p50"], 100 * m["success_rate"], 100 * m["success_ci"][0], 100 * m["success_ci"][1],
-               f"{mode}\n{m['successes']}/{m['trials']}") for mode, m in points]
-    _label_points(fig, ax, labels)
+    labels = [(m["latency_ms"]["p50"], 100 * m["success_rate"], f"{mode}\n{m['successes']}/{m['trials']}")
+              for mode, m in points]
+    place_labels(ax, labels, bars=[(100 * m["success_ci"][0], 100 * m["success_ci"][1]) for _, m in points])
     return fig
 
 
@@ -74,48 +75,6 @@ def _log_scale(ax: Any, which: str) -> None:
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(StrMethodFormatter("{x:g}"))
     axis.set_minor_formatter(NullFormatter())
-
-
-# label placements, tried in order: (anchor: 0 the point, 1 the bar's low end, 2 its high end; offset in
-# points; horizontal; vertical alignment)
-_PLACEMENTS = [(0, (8, 0), "left", "center"), (0, (-8, 0), "right", "center"), (0, (8, 22), "left", "center"),
-               (0, (8, -22), "left", "center"), (0, (-8, 22), "right", "center"), (0, (-8, -22), "right", "center"),
-               (2, (0, 4), "center", "bottom"), (1, (0, -4), "center", "top")]
-
-
-def _label_box(anchor: tuple[float, float], offset: tuple[float, float], ha: str, va: str, size: tuple[float, float],
-               px: float) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1) pixels of a text of `size` (w, h) pixels placed `offset` points from `anchor` pixels."""
-    x = anchor[0] + offset[0] * px - {"left": 0.0, "center": size[0] / 2, "right": size[0]}[ha]
-    y = anchor[1] + offset[1] * px - {"bottom": 0.0, "center": size[1] / 2, "top": size[1]}[va]
-    return (x, y, x + size[0], y + size[1])
-
-
-def _label_points(fig: Figure, ax: Any, points: list[tuple[float, float, float, float, str]],
-                  fontsize: float = 9) -> None:
-    """Write each label (x, y, bar low, bar high, text) by its point: on the first side inside the axes
-    and clear of labels, markers and error bars, else clear of labels and markers, else on the right
-    (text extents estimated from the font size, in pixels)."""
-    fig.draw_without_rendering()  # final layout and limits, so data -> pixel transforms are right
-    px = fig.dpi / 72  # pixels per point
-    anchors = [ax.transData.transform([(x, y), (x, low), (x, high)]) for x, y, low, high, _ in points]  # (3, 2) each
-    markers = [(a[0][0] - 5 * px, a[0][1] - 5 * px, a[0][0] + 5 * px, a[0][1] + 5 * px) for a in anchors]
-    bars = [(a[1][0] - 6 * px, a[1][1], a[2][0] + 6 * px, a[2][1]) for a in anchors]
-    labels: list[tuple[float, float, float, float]] = []
-
-    def clear(box: tuple[float, float, float, float], obstacles: list) -> bool:
-        inside = ax.bbox.x0 <= box[0] and box[2] <= ax.bbox.x1 and ax.bbox.y0 <= box[1] and box[3] <= ax.bbox.y1
-        return inside and all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in obstacles)
-
-    for (x, y, low, high, text), anchor in zip(points, anchors, strict=True):
-        lines = text.split("\n")
-        size = (0.62 * fontsize * px * max(map(len, lines)), 1.3 * fontsize * px * len(lines))
-        candidates = [(p, _label_box(anchor[p[0]], p[1], p[2], p[3], size, px)) for p in _PLACEMENTS]
-        placement, box = next((c for c in candidates if clear(c[1], labels + markers + bars)),
-                              next((c for c in candidates if clear(c[1], labels + markers)), candidates[0]))
-        labels.append(box)
-        ax.annotate(text, (x, (y, low, high)[placement[0]]), xytext=placement[1], textcoords="offset points",
-                    ha=placement[2], va=placement[3], fontsize=fontsize)
 
 
 def acceptance_by_depth(report: dict[str, Any], records: list[dict[str, Any]]) -> Figure | None:

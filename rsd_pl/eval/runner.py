@@ -127,15 +127,23 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
     return action
 
 
+def renders_video_anew(env: EpisodeEnv, size: int | None) -> bool:
+    """Whether video frames are rendered anew at `size` (larger than the cameras the policy observes): then
+    the steps need not render the observation's cameras for the video, only before a query."""
+    return size is not None and size > getattr(env, "camera_size", size) and hasattr(env, "frame")
+
+
 def frame_of(env: EpisodeEnv, obs: dict, size: int | None = None) -> np.ndarray | None:
     """The cameras upright, side by side: uint8 [S, V*S, 3]; None without cameras. With `size` larger than
     the observation's, rendered anew at that size (videos people can read), else the observation's frames."""
     if not env.camera_keys:
         return None
-    if size is not None and hasattr(env, "render_frames") and size > getattr(env, "camera_size", size):
-        return env.render_frames(size)
-    record = env.record(obs)  # raw frames (S, S, 3), upside down as LIBERO renders them
-    return np.concatenate([np.ascontiguousarray(record[key][::-1, ::-1]) for key in env.camera_keys], axis=1)
+    if renders_video_anew(env, size):
+        raw = [env.frame(obs, camera, size) for camera in env.cameras]
+    else:
+        record = env.record(obs)  # raw frames (S, S, 3), upside down as LIBERO renders them
+        raw = [record[key] for key in env.camera_keys]
+    return np.concatenate([np.ascontiguousarray(frame[::-1, ::-1]) for frame in raw], axis=1)
 
 
 def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_steps: int,
@@ -154,7 +162,9 @@ def _rollout(env: EpisodeEnv, policy: EpisodePolicy, result: EpisodeResult, max_
         # takes camera frames only in the step before a query (or every step for a video), as the step's
         # own observation, i.e. exactly as the demonstrations stored them
         action = policy.select_action(lambda obs=obs: env.batch(obs, image_size, image_pipeline))
-        render = record_frames or getattr(policy, "will_query", True)
+        # one camera render per step: the step renders the observation's cameras only before a query, or for a
+        # video made of the observation's frames (a larger video renders its own frame above)
+        render = (record_frames and not renders_video_anew(env, video_size)) or getattr(policy, "will_query", True)
         action = to_env_action(action)
         if result.path is not None:
             result.path["eef"].append(np.round(obs["robot0_eef_pos"], 5).tolist())

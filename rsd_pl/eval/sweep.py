@@ -1,6 +1,6 @@
 """`python -m rsd_pl sweep`: one resumable evaluation over a grid of decoding settings on the same episodes.
 
-The grid (e.g. tau x draft_len x exit_bound) expands to points; each point runs `modes` through `loop.run_eval`
+The grid (e.g. tau x draft_len x exit_bound) expands to points; each point runs `modes` through `EvalSession.run`
 into `<out>/<point name>` (e.g. `tau0.05_draft_len1-7_exit_bound0.05`); `baseline_modes` run once, with the base
 decoding settings, into `<out>/baseline`. A mode runs once per distinct setting of the keys it reads
 (`MODE_KEYS`): in a tau x exit_bound grid ar_exit runs once per exit_bound, in the first point that has it.
@@ -27,10 +27,11 @@ from typing import Any
 from rsd_pl.decoding.config import MODES, DecodingConfig
 from rsd_pl.durable import atomic_write
 from rsd_pl.errors import RsdError
-from rsd_pl.eval import loop
-from rsd_pl.eval.loop import EvalConfig
+from rsd_pl.eval.config import EvalConfig, decoding_for, validate_config
+from rsd_pl.eval.episodes import episode_list, output_lock
 from rsd_pl.eval.plots import DPI
 from rsd_pl.eval.report import _json_safe, episode_key, mode_summary, read_episodes
+from rsd_pl.eval.session import EvalSession, quiet_library_notices
 from rsd_pl.eval.sweep_plot import _finite, tradeoff_figure
 
 GRID_KEYS = ("tau", "draft_len", "exit_bound", "early_exit_bound", "temperature", "acceptance", "draft_source")
@@ -70,7 +71,7 @@ class SweepConfig:
 
 @dataclass
 class Run:
-    """One loop.run_eval call: a grid point's new (mode, setting) pairs, or the baselines."""
+    """One evaluation run (`EvalSession.run`): a grid point's new (mode, setting) pairs, or the baselines."""
 
     title: str  # 'point 3/18' or 'baseline'
     point: dict[str, Any]
@@ -134,7 +135,7 @@ def _run_cfg(cfg: SweepConfig, name: str, modes: list[str], decoding: DecodingCo
     reference = cfg.eval.reference_mode if cfg.eval.reference_mode in modes else modes[0]
     run = dataclasses.replace(cfg.eval, out=str(Path(cfg.out) / name), modes=modes, reference_mode=reference,
                               decoding=decoding)
-    loop.validate_config(run)  # e.g. speculative without a draft
+    validate_config(run)  # e.g. speculative without a draft
     return run
 
 
@@ -147,14 +148,14 @@ def plan(cfg: SweepConfig) -> list[Run]:
     if cfg.baseline_modes:
         runs.append(Run(BASELINE, {}, _run_cfg(cfg, BASELINE, cfg.baseline_modes, cfg.eval.decoding)))
         for mode in cfg.baseline_modes:
-            done[json.dumps([mode, settings_of(loop.decoding_for(cfg.eval, mode))])] = BASELINE
+            done[json.dumps([mode, settings_of(decoding_for(cfg.eval, mode))])] = BASELINE
     grid_points = expand_grid(cfg.grid) if cfg.grid else []
     points, used = grid_points + [dict(p) for p in cfg.points], set()
     for index, point in enumerate(points, start=1):
         title, name = f"point {index}/{len(points)}", point_name(point)
         try:
             decoding = dataclasses.replace(cfg.eval.decoding, **point)
-            per_mode = {m: settings_of(loop.decoding_for(dataclasses.replace(cfg.eval, decoding=decoding), m))
+            per_mode = {m: settings_of(decoding_for(dataclasses.replace(cfg.eval, decoding=decoding), m))
                         for m in cfg.modes}
         except RsdError as error:
             raise RsdError(f"sweep {title} ({name}): {error}") from error
@@ -168,7 +169,7 @@ def plan(cfg: SweepConfig) -> list[Run]:
         raise RsdError(f"grid key {unused[0]!r} changes none of modes={cfg.modes} (with acceptance="
                        f"{cfg.eval.decoding.acceptance!r}); remove it or add a mode that reads it")
     reference = cfg.eval.deviation_reference
-    if reference and (shared := [k for k in cfg.grid if k in settings_of(loop.decoding_for(cfg.eval, reference))]):
+    if reference and (shared := [k for k in cfg.grid if k in settings_of(decoding_for(cfg.eval, reference))]):
         print(f"sweep: WARNING: the grid varies {shared}, which the deviation reference {reference} reads: each "
               f"point's deviations are measured from its own {reference}")
     return runs
@@ -181,7 +182,7 @@ def check_logged_settings(run: Run) -> None:
         logged, mode = record.get("decoding") or {}, record["mode"]
         if not logged or mode not in run.cfg.modes:
             continue
-        expected = settings_of(loop.decoding_for(run.cfg, mode))
+        expected = settings_of(decoding_for(run.cfg, mode))
         found = {k: logged.get(k) for k in expected}
         if isinstance(found.get("draft_len"), int):
             found["draft_len"] = [found["draft_len"]]
@@ -196,10 +197,10 @@ def check_logged_settings(run: Run) -> None:
 def summary_row(run: Run, mode: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row: the (setting, mode)'s success, latency, forwards and deviation."""
     summary = mode_summary(records)
-    varied = {k: v for k, v in run.point.items() if k in settings_of(loop.decoding_for(run.cfg, mode))}
+    varied = {k: v for k, v in run.point.items() if k in settings_of(decoding_for(run.cfg, mode))}
     deviation = summary["deviation_mean"]  # mean over the episodes that carry one
     if records and not _finite(deviation) and mode == run.cfg.deviation_reference and \
-            loop.decoding_for(run.cfg, mode).greedy:
+            decoding_for(run.cfg, mode).greedy:
         deviation = 0.0  # the reference itself
     return {"setting": " ".join([mode, *(f"{k}={v}" for k, v in varied.items())]) + (
                 " (baseline)" if run.title == BASELINE else ""),
@@ -218,7 +219,7 @@ def collect_rows(runs: list[Run]) -> list[dict[str, Any]]:
     for run in runs:
         if run.cfg is None:
             continue
-        expected = {episode_key({**item, "mode": m}) for item in loop.episode_list(run.cfg) for m in item["modes"]}
+        expected = {episode_key({**item, "mode": m}) for item in episode_list(run.cfg) for m in item["modes"]}
         records = [r for r in read_episodes(run.cfg.out) if episode_key(r) in expected]
         rows += [summary_row(run, mode, [r for r in records if r["mode"] == mode]) for mode in run.cfg.modes]
     ar = next((r for r in rows if r["baseline"] and r["mode"] == "ar"), None)
@@ -308,7 +309,7 @@ def write_sweep(cfg: SweepConfig, runs: list[Run]) -> dict[str, Any]:
     rows = collect_rows(runs)
     first = next(run.cfg for run in runs if run.cfg is not None)
     sweep = {"episodes": {"suites": first.suites, "tasks": first.tasks, "num_trials": first.num_trials,
-                          "seed": first.seed, "per_row": len(loop.episode_list(first))},
+                          "seed": first.seed, "per_row": len(episode_list(first))},
              "deviation_reference": first.deviation_reference, "grid": cfg.grid,
              "points": cfg.points, "modes": cfg.modes, "baseline_modes": cfg.baseline_modes, "rows": rows,
              "non_dominated": [r["setting"] for r in rows if r["non_dominated"]], "plot": None}
@@ -343,36 +344,28 @@ def _progress(run: Run) -> str:
 
 
 def run_sweep(cfg: SweepConfig, runs: list[Run]) -> bool:
-    """Load the models once, then run_eval every run in turn; False on a non-zero rank (no aggregation)."""
-    import torch
-    from torch import nn
-
+    """One session (models loaded once, every run's engines pre-built), then each run in turn; False on a
+    non-zero rank (no aggregation)."""
     todo = [run for run in runs if run.cfg is not None]
-    if cfg.eval.torch_threads is not None:
-        torch.set_num_threads(cfg.eval.torch_threads)
     all_modes = list(dict.fromkeys(m for run in todo for m in run.cfg.modes))
-    models, obs = loop.load_models(dataclasses.replace(todo[0].cfg, modes=all_modes))
-    factories = {run.title: loop.policy_factory(run.cfg, models) for run in todo}
-    for run in todo:  # builds every engine once: shape / mode / draft errors surface before any episode
-        for mode in run.cfg.modes:
-            factories[run.title](mode)
-    modules = nn.ModuleDict({k: v for k, v in models.items() if isinstance(v, nn.Module)})
+    session = EvalSession.open(todo[0].cfg, modes=all_modes)
+    policies = {run.title: session.policies(run.cfg) for run in todo}  # errors surface before any episode
     is_zero = True
     for run in runs:
         print(_progress(run), flush=True)
         if run.cfg is not None:
-            is_zero = loop.run_eval(run.cfg, modules, factories[run.title], obs) is not None and is_zero
+            is_zero = session.run(run.cfg, policies[run.title]) is not None and is_zero
     return is_zero
 
 
 def main(argv: list[str]) -> int:
     """`python -m rsd_pl sweep --config configs/quickstart/sweep.yaml [--field value ...]`."""
     cfg = parse_config(argv)
-    loop.quiet_library_notices()
+    quiet_library_notices()
     runs = plan(cfg)
     for run in (run for run in runs if run.cfg is not None):
         check_logged_settings(run)
-    with loop.output_lock(cfg.out, "sweep"):  # after the checks: bad input never creates the folder
+    with output_lock(cfg.out, "sweep"):  # after the checks: bad input never creates the folder
         return _main(cfg, runs)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from rsd_pl.eval.plot_labels import place_labels
 from rsd_pl.eval.plots import _log_scale, mode_color
 
 
@@ -46,9 +47,9 @@ def tradeoff_figure(rows: list[dict[str, Any]]) -> Figure | None:
     handles.append(Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
                           markeredgewidth=1.5, markersize=9, label="not dominated"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
-    fig.draw_without_rendering()  # labels go last: they need the final layout and limits
-    for ax, (panel_rows, value, _) in zip(axes, panels, strict=True):
-        _place_labels(ax, sorted(panel_rows, key=lambda r: not r["non_dominated"]), value)
+    for ax, (panel_rows, value, _) in zip(axes, panels, strict=True):  # labels last: they need the final layout
+        ordered = sorted(panel_rows, key=lambda r: not r["non_dominated"])
+        place_labels(ax, [(r["latency_p50_ms"], value(r), r["label"]) for r in ordered], fontsize=8, ground=True)
     return fig
 
 
@@ -70,36 +71,3 @@ def _log_if_spread(ax: Any, which: str, values: list[float]) -> bool:
     if spread := min(values) > 0 and max(values) > 10 * min(values):
         _log_scale(ax, which)
     return spread
-
-
-LABEL_OFFSETS = [(dx, sign * 12 * step) for step in range(9) for sign in (1, -1) for dx in (7, -7)][2:]
-"""(dx, dy) offsets of a label from its point, in points, tried in order: beside it, then stacked above / below."""
-
-
-def _place_labels(ax: Any, rows: list[dict[str, Any]], value: Any) -> None:
-    """Label each point (non-dominated first) at the first offset inside the axes and clear of the markers and
-    the labels placed before; a leader line joins a moved label, a white ground keeps it readable over bars."""
-    px = ax.get_figure().dpi / 72  # pixels per point
-    centres = ax.transData.transform([(r["latency_p50_ms"], value(r)) for r in rows])  # (N, 2) pixels
-    taken = [(x - 7, y - 7, x + 7, y + 7) for x, y in centres]  # markers, then each placed label
-
-    def box(centre: Any, size: Any, dx: float, dy: float) -> tuple[float, float, float, float]:
-        x0 = centre[0] + dx * px - (size[0] if dx < 0 else 0)
-        return (x0, centre[1] + dy * px - size[1] / 2, x0 + size[0], centre[1] + dy * px + size[1] / 2)
-
-    def clear(b: tuple[float, float, float, float]) -> bool:
-        inside = ax.bbox.x0 <= b[0] and b[2] <= ax.bbox.x1 and ax.bbox.y0 <= b[1] and b[3] <= ax.bbox.y1
-        return inside and all(b[2] < t[0] or t[2] < b[0] or b[3] < t[1] or t[3] < b[1] for t in taken)
-
-    for row, centre in zip(rows, centres, strict=True):
-        probe = ax.text(0, 0, row["label"], fontsize=8)
-        size = probe.get_window_extent().size + 4  # (w, h) pixels, with a margin
-        probe.remove()
-        dx, dy = next((o for o in LABEL_OFFSETS if clear(box(centre, size, *o))), LABEL_OFFSETS[0])
-        taken.append(box(centre, size, dx, dy))
-        ax.annotate(row["label"], (row["latency_p50_ms"], value(row)), xytext=(dx, dy), textcoords="offset points",
-                    ha="left" if dx > 0 else "right", va="center", fontsize=8,
-                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 0.5},
-                    arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.6, "shrinkB": 5} if dy else None)
-
-

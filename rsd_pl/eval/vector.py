@@ -6,10 +6,11 @@ finished env leaves the batch while the others go on (AsyncVectorEnv steps all s
 call), and each step says whether its camera frames are needed (`LiberoEnv.step(render=...)`). One env
 per process also keeps rendering exact: two render contexts in one process render differently.
 
-`run_batched(pool, engine, items, ...)` runs one episode per worker in one decoding mode: all envs
-reset to their init states, each with its own action queue; whenever some queues are empty, their
-observations are decoded as one batch (B = those envs) and the chunks handed out; all unfinished envs
-then step in parallel. A batch's statistics are shared by its episodes: each episode records the
+`run_batched(pool, policy, items, ...)` runs one episode per worker in one decoding mode through the
+policy's batched interface (`RSDPolicy.reset(num_envs)` / `needs_chunk` / `queue_chunks` / `next_action`,
+the same action queues `select_action` serves one env from): all envs reset to their init states;
+whenever some queues are empty, their observations are decoded as one batch (B = those envs); all
+unfinished envs then step in parallel. A batch's statistics are shared by its episodes: each episode records the
 batch latency and a 1/B share of the batch's proposal counts, so totals over episodes are exact.
 """
 
@@ -18,11 +19,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 import traceback
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from rsd_pl.errors import RsdError
@@ -135,19 +134,21 @@ def stack_batches(batches: list[dict]) -> dict:
 class _Episode:
     item: dict
     result: Any
-    queue: deque
     chunks: list
     start: float
     record: bool
     done: bool = False
 
 
-def run_batched(pool: EnvPool, engine: Any, items: list[dict], mode: str) -> list[Any]:
+def run_batched(pool: EnvPool, policy: Any, items: list[dict], mode: str, video_from_obs: bool = True) -> list[Any]:
     """One episode per item (item: suite, task_id, trial, seed, max_steps, record) in `mode`, item i on
-    worker i, decoded in batches. -> EpisodeResult per item (rsd_pl.eval.runner)."""
+    worker i, decoded in batches by `policy` (an RSDPolicy). `video_from_obs`: recorded frames are the
+    observation's (the step renders them), else rendered larger by the worker's `frame` command alone.
+    -> EpisodeResult per item (rsd_pl.eval.runner)."""
     from rsd_pl.eval.runner import EpisodeResult, seed_everything, to_env_action
 
     workers = list(range(len(items)))
+    policy.reset(num_envs=len(items))
     seed_everything(items[0]["seed"])  # one generator for the batch: sampling modes are seeded per group
     names = pool.call(workers, "task", [(it["suite"], it["task_id"]) for it in items])
     episodes = []
@@ -157,17 +158,17 @@ def run_batched(pool: EnvPool, engine: Any, items: list[dict], mode: str) -> lis
         result = EpisodeResult(suite=item["suite"], task_id=item["task_id"], task_name=task_name,
                                instruction=instruction, trial=item["trial"], seed=item["seed"], mode=mode,
                                success=False, status="error", error=None if status == "ok" else reply)
-        episodes.append(_Episode(item, result, deque(), [], time.perf_counter(), item["record"],
-                                 done=status != "ok"))
+        episodes.append(_Episode(item, result, [], time.perf_counter(), item["record"], done=status != "ok"))
     ready = [i for i in workers if not episodes[i].done]
     _check(pool.call(ready, "reset", [(episodes[i].item["trial"], episodes[i].item["seed"]) for i in ready]), episodes)
     while active := [i for i in workers if not episodes[i].done]:
-        _decode(pool, engine, episodes, [i for i in active if not episodes[i].queue])
+        _decode(pool, policy, episodes, [i for i in active if policy.needs_chunk(i)])
         active = [i for i in active if not episodes[i].done]
         if recording := [i for i in active if episodes[i].record]:  # all workers render at once
             _check(pool.call(recording, "frame"), episodes, frame=True)
-        actions = [episodes[i].queue.popleft() for i in active]
-        renders = [episodes[i].record or not episodes[i].queue for i in active]
+        actions = [policy.next_action(i) for i in active]
+        # cameras render in a step only when the next observation is queried, or is a video frame
+        renders = [(episodes[i].record and video_from_obs) or policy.needs_chunk(i) for i in active]
         replies = pool.call(active, "step", [(to_env_action(a), r) for a, r in zip(actions, renders, strict=True)])
         for i in active:
             episode, (status, reply) = episodes[i], replies[i]
@@ -181,8 +182,8 @@ def run_batched(pool: EnvPool, engine: Any, items: list[dict], mode: str) -> lis
     return [_finish(episode) for episode in episodes]
 
 
-def _decode(pool: EnvPool, engine: Any, episodes: list[_Episode], need: list[int]) -> None:
-    """Decode the observations of the envs in `need` as one batch; queue each env's chunk."""
+def _decode(pool: EnvPool, policy: Any, episodes: list[_Episode], need: list[int]) -> None:
+    """Decode the observations of the envs in `need` as one batch; the policy queues each env's chunk."""
     if not need:
         return
     replies = pool.call(need, "batch")
@@ -190,10 +191,9 @@ def _decode(pool: EnvPool, engine: Any, episodes: list[_Episode], need: list[int
     need = [i for i in need if not episodes[i].done]
     if not need:
         return
-    result = engine.decode_chunk(stack_batches([replies[i][1] for i in need]))
+    stats = policy.queue_chunks(need, stack_batches([replies[i][1] for i in need]))
     for row, i in enumerate(need):
-        episodes[i].queue.extend(np.asarray(result.actions[row]))
-        episodes[i].chunks.append((result.stats, len(need), row))
+        episodes[i].chunks.append((stats, len(need), row))
 
 
 def _check(replies: dict[int, tuple[str, Any]], episodes: list[_Episode], frame: bool = False) -> None:

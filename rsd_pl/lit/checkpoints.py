@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +20,14 @@ from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-from rsd_pl.durable import disk_full_error, fsync_dir
+from rsd_pl.durable import atomic_file
 
 BEST_STEP = re.compile(r"step=(\d+)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into `.<name>.*.partial` beside the target, fsync, rename (local paths only)."""
+    """torch.save into `.<name>.*.partial` beside the target, fsync, rename (`rsd_pl.durable.atomic_file`;
+    local paths only)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -38,20 +36,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         for stale in target.parent.glob(f".{target.name}.*.partial"):  # left by a writer killed mid-write
             stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException as error:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                kept = "the previous checkpoint is intact" if target.exists() else "no checkpoint was written"
-                raise disk_full_error(target, kept, error) from error
-            raise
-        fsync_dir(target.parent)
+        with atomic_file(target) as f:
+            torch.save(checkpoint, f)
 
 
 def with_atomic_checkpoints(plugins: Any) -> list[Any]:

@@ -18,7 +18,7 @@ Resume an interrupted run with the same command plus `--ckpt_path last` (checkpo
 under a temporary name and renamed, so a kill never leaves a torn `last.ckpt`). After fit, rank 0
 re-validates the best checkpoint and exports it to the registry (`--registry_root`, default
 `$RSD_CHECKPOINTS` or `checkpoints`), printing `exported rfsq@3 (best) -> checkpoints/rfsq/v3`; a
-rerun whose best checkpoint is already exported (same file) exports nothing new.
+rerun whose export is already written (same best checkpoint file, same final step) exports nothing new.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class RsdCLI(LightningCLI):
         validated = self._validate(best)
         run_lineage = {
             "checkpoint": str(Path(best).resolve()),
-            "checkpoint_id": checkpoint_id(best),
+            "checkpoint_id": checkpoint_id(best, self.trainer.global_step),
             "run_config": str((log_dir / "config.yaml").resolve()),
             "run_dir": str(self.run_dir.resolve()),
             "resumed_from": str(Path(resumed_from).resolve()) if resumed_from else None,
@@ -158,10 +158,12 @@ class RsdCLI(LightningCLI):
         return {"fit_config": yaml.safe_load(dumped)}
 
 
-def checkpoint_id(path: str | Path) -> str:
-    """Identity of a checkpoint file (path, size, mtime): a rerun finds the export of the same file."""
+def checkpoint_id(path: str | Path, global_step: int) -> str:
+    """Identity of an export: the best checkpoint file (path, size, mtime) and the step the fit ended at. A
+    rerun after a kill that came once the export was written finds it (same file, same final step); a run
+    extended with more epochs exports again even when its best checkpoint did not change."""
     stat = Path(path).stat()
-    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}@step{global_step}"
 
 
 def exported_before(registry: Registry, name: str, identity: str) -> Artifact | None:

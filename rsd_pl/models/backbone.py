@@ -15,6 +15,9 @@ Both expose:
 
 The prompt is always padded to `max_text_len` tokens and every prefix token is attended (no padding
 mask), so training batches and batch-1 evaluation see exactly the same sequence layout.
+
+`rsd_pl.models.factory.build_backbone` builds either from a `BackboneConfig`; this module never imports
+the openvla package (which imports the shared pieces from here).
 """
 
 from __future__ import annotations
@@ -312,17 +315,3 @@ def apply_language_lora(model: nn.Module, cfg: BackboneConfig) -> nn.Module:
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_target_regex, init_lora_weights="gaussian")
     return get_peft_model(model, lora)
-
-
-def build_backbone(cfg: BackboneConfig, block_len: int = 8) -> nn.Module:
-    """The backbone of cfg.kind; `block_len` (T) is the size of the blocks appended after the prefix
-    (the openvla backbone attends them block-causally)."""
-    cfg.validate()
-    if cfg.kind == "tiny":
-        return TinyVLM(cfg)
-    from rsd_pl.models.openvla.backbone import OpenVLABackbone
-
-    dtype = getattr(torch, cfg.torch_dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise RsdError(f"backbone.torch_dtype={cfg.torch_dtype!r} is not a torch dtype")
-    return OpenVLABackbone(cfg, dtype, block_len)

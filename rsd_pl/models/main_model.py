@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from rsd_pl.errors import RsdError
-from rsd_pl.models.backbone import BackboneConfig, build_backbone
+from rsd_pl.models.backbone import BackboneConfig
+from rsd_pl.models.factory import build_backbone
 from rsd_pl.models.heads import CodeBlockEmbedding, L1Head, LayerHeads, ParallelHead, QueryBlock
 
 

@@ -1,0 +1,65 @@
+"""The episodes of an evaluation run and its output folder: `episode_list` (every (suite, task, trial, seed)
+with the modes to run on it), `pending_items` (without the runs the folder's `episodes.jsonl` already has: a
+rerun resumes), and `output_lock` (one writing process per folder).
+
+Imports: eval.config, eval.episode_log, rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's rank only.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from rsd_pl.eval.config import EvalConfig
+from rsd_pl.eval.episode_log import episode_key, read_episodes
+
+
+def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """One item per episode (suite, task, trial, seed), task-major, carrying the modes to run on it.
+
+    All modes of an episode run back to back in one predict step, so they share the rank (device),
+    the env and the seed: per-mode latencies are comparable even when episodes are sharded.
+    """
+    from rsd_pl.envs import parse_index_list, suite_spec
+
+    items = []
+    for suite in cfg.suites:
+        spec = suite_spec(suite)
+        tasks = parse_index_list(cfg.tasks) if cfg.tasks else list(range(spec.num_tasks))
+        max_steps = cfg.max_steps or spec.max_steps
+        for task_id in tasks:
+            for trial in range(cfg.num_trials):
+                seed = cfg.seed + 1000 * task_id + trial
+                items.append({"suite": suite, "task_id": task_id, "trial": trial, "seed": seed,
+                              "modes": list(cfg.modes), "max_steps": max_steps,
+                              "record": trial < cfg.videos_per_task})
+    return items
+
+
+
+def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The episode list without the (suite, task, trial, mode) runs already logged under cfg.out
+    (errored runs count as not done when cfg.retry_errors)."""
+    done = {episode_key(r) for r in read_episodes(cfg.out) if not (cfg.retry_errors and r["status"] == "error")}
+    items = []
+    for item in episode_list(cfg):
+        modes = [m for m in item["modes"] if episode_key({**item, "mode": m}) not in done]
+        if modes:
+            items.append({**item, "modes": modes})
+    return items
+
+
+def count_runs(items: list[dict[str, Any]]) -> int:
+    return sum(len(item["modes"]) for item in items)
+
+
+def output_lock(out: str | Path, command: str) -> Any:
+    """The folder lock of an output folder (`rsd_pl.durable.FolderLock`), taken by the launching process only:
+    the ranks Lightning starts for DDP write their own files under the lock their launcher holds."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from rsd_pl.durable import FolderLock
+
+    return FolderLock(out, command) if getattr(rank_zero_only, "rank", 0) == 0 else nullcontext()
+
