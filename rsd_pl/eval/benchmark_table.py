@@ -8,6 +8,8 @@ speed of `speculative` against each baseline measured in the same run (bootstrap
 success per task: every figure of a setting is its own report's. One section is computed here: the
 first setting against each other one, mode by mode, on the episodes both ran (same task and trial, so the same
 init state), from the settings' `episodes.jsonl` (Newcombe interval, exact McNemar p).
+
+Imports: eval.episode_log, eval.report, eval.stats, eval.plots (no models, no LIBERO: it reads run folders).
 """
 
 from __future__ import annotations

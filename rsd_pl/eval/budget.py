@@ -13,6 +13,8 @@ Per observation (batch 1), against greedy `ar`'s own codes:
   and costs the proposal plus a verify one block longer, so it pays only above
   p* = (proposal + extend(2 blocks) - extend(1 block)) / extend(1 block).
 Hand-written: no library measures this. Observations are demo frames (open loop), not rollout frames.
+
+Imports: eval.session (models as eval loads them), lit.vla_data (observations from the demos); no LIBERO.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 appended and flushed as each ends (per-rank files under DDP, merged at the end); read back for resuming and
 for the report. A torn last line (a killed writer) is ignored by readers and cut off by the next writer
 before it appends (`rsd_pl.durable.repair_torn_tail`), so that episode is redone and logged on a line of
-its own; a bad line anywhere else is an error naming the file and line."""
+its own; a bad line anywhere else is an error naming the file and line.
+
+Imports: rsd_pl.durable only; everything in eval may import it.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ success flag), seed, task_group (suite), task_id, task (instruction), trial, mod
 eval_s (wall_s)}, episodes ordered by (suite, task_id, trial). aggregated / per_group: {pc_success,
 pc_success_ci_low, pc_success_ci_high (Wilson 95%, percent), avg_sum_reward, avg_max_reward,
 n_episodes, eval_s (sum of the episodes' wall_s, not the run's elapsed time), eval_ep_s (mean wall_s)}.
+
+Imports: eval.stats only.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ relative to the picked object at that moment: `+x` / `-x` (more than `side_margi
 `centre`, or `no grasp`. Writes `<out>/report.md` / `report.json` (success with Wilson intervals and the modes
 chosen, per arm; the demos' and the expert controls' rows) and `<out>/paths.png` (top view of the paths, coloured
 by mode).
+
+Imports: eval.session, eval.config, eval.episodes, eval.report, eval.stats, the experts (expert controls).
 """
 
 from __future__ import annotations

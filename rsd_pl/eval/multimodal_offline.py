@@ -10,6 +10,8 @@ trained on them from scratch on the CPU, then every decoding mode decodes the on
 A decoded chunk is classified by its mean y over the T steps: A above +amplitude / 2, B below -amplitude / 2,
 else `between` (an action that is neither mode). Hand-written: a few hundred optimiser steps are not worth a
 Trainer, and the losses are the modules' own.
+
+Imports: the models and the decoding engine directly (synthetic bimodal chunks, no registry, no LIBERO).
 """
 
 from __future__ import annotations

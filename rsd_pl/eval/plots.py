@@ -10,6 +10,8 @@
 
 Figures are drawn on `matplotlib.figure.Figure` (the Agg canvas), never through pyplot, so no global
 backend or figure state is touched.
+
+Imports: eval.plot_labels, matplotlib; no models, no LIBERO.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The env loop builds the model batch (docs/contracts.md, `rsd_pl.data.obs`) and calls
 `select_action`; it never touches model internals. Each chunk of T actions is executed open loop
 (all T steps, as OpenVLA-OFT does on LIBERO), then the engine is queried again.
+
+Imports: rsd_pl.decoding only (no env, no Lightning).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ Counting rules (DESIGN.md section 6; the statistics are in `rsd_pl.eval.stats`):
 
 `eval_info.json` follows LeRobot's `lerobot-eval` (rsd_pl.eval.lerobot). The episode log's reading and
 writing are in rsd_pl.eval.episode_log.
+
+Imports: eval.episode_log, eval.stats, eval.plots, eval.lerobot; no models, no LIBERO.
 """
 
 from __future__ import annotations

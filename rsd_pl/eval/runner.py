@@ -10,6 +10,8 @@ chunk of T actions open loop from its queue and re-queries the engine when the q
   to be recorded as `status="error"` with its traceback (printed too); it is never a success.
   `RsdError` (bad user input, e.g. an init state index out of range) is not an episode outcome and
   propagates.
+
+Imports: eval.report (percentiles) only; the env and the policy come in as arguments.
 """
 
 from __future__ import annotations

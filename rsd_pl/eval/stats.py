@@ -19,6 +19,8 @@ paired interval, and would add pandas and patsy for two functions, so it is not 
 interval and the paired bootstrap are written here (a few lines each, checked in
 tests/test_eval_stats.py). scipy is imported inside the functions: `rsd_pl.eval.runner` imports the
 report, and `scipy.stats` takes about a second to import.
+
+Imports: numpy / scipy only.
 """
 
 from __future__ import annotations

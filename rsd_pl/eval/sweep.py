@@ -12,6 +12,8 @@ Output: `<out>/sweep.json` and `<out>/sweep.md`, one row per (setting, mode): su
 interval, p50 / mean chunk latency, main forwards per chunk, mean action deviation where the episode records
 carry `deviation_mean` (0 for eval.deviation_reference's own greedy row), latency ratio to the `ar` baseline,
 not-dominated flag; `<out>/plots/sweep_tradeoff.png`.
+
+Imports: eval.session, eval.config, eval.episodes, eval.report, eval.sweep_plot.
 """
 
 from __future__ import annotations

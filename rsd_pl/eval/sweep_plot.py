@@ -1,5 +1,8 @@
 """The sweep's trade-off figure: success (Wilson bars) and action gap against p50 chunk latency, one point
-per (setting, mode) row of `rsd_pl.eval.sweep`, non-dominated settings ringed, labels placed to not overlap."""
+per (setting, mode) row of `rsd_pl.eval.sweep`, non-dominated settings ringed, labels placed to not overlap.
+
+Imports: eval.plots, eval.plot_labels, matplotlib.
+"""
 
 from __future__ import annotations
 

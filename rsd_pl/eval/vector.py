@@ -12,6 +12,8 @@ the same action queues `select_action` serves one env from): all envs reset to t
 whenever some queues are empty, their observations are decoded as one batch (B = those envs); all
 unfinished envs then step in parallel. A batch's statistics are shared by its episodes: each episode records the
 batch latency and a 1/B share of the batch's proposal counts, so totals over episodes are exact.
+
+Imports: eval.runner (results, seeding), rsd_pl.envs in the workers; the policy comes in as an argument.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Rollout videos: mp4 with the instruction and the outcome drawn on every frame."""
+"""Rollout videos: mp4 with the instruction and the outcome drawn on every frame.
+
+Imports: imageio / PIL only.
+"""
 
 from __future__ import annotations
 
