@@ -103,3 +103,29 @@ def test_every_module_imports_alone():
     done = subprocess.run([sys.executable, "-c", IMPORT_EACH, *names], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+
+
+ALLOWED_EVAL_IMPORTS = {  # docs/contracts.md, "Evaluation structure"
+    "config": set(),
+    "policy": set(),
+    "episode_log": set(),
+    "stats": set(),
+    "plot_labels": set(),
+    "video": set(),
+    "models": {"config", "policy"},
+    "episodes": {"config", "episode_log"},
+    "runner": {"report"},
+    "vector": {"runner"},
+    "loop": {"config", "episodes", "episode_log", "runner", "report", "vector", "video"},
+    "session": {"config", "models", "loop"},
+    "cli": {"config", "episodes", "episode_log", "session"},
+}
+
+
+def test_eval_modules_import_only_what_their_contract_allows():
+    modules = all_modules()
+    for short, allowed in ALLOWED_EVAL_IMPORTS.items():
+        name = f"rsd_pl.eval.{short}"
+        used = {m.removeprefix("rsd_pl.eval.") for m in imports_of(modules[name], set(modules))
+                if m.startswith("rsd_pl.eval.")}
+        assert used <= allowed, f"{name} imports {sorted(used - allowed)} beyond its contract"
