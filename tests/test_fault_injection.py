@@ -59,10 +59,18 @@ def run_and_kill(cmd: list[str], log: Path, when: float | Callable[[], bool], ti
         return False
 
 
-def run_to_end(cmd: list[str], log: Path, timeout: float = 600) -> None:
+def run_to_end(cmd: list[str], log: Path, timeout: float = 600) -> float:
+    """Run `cmd` to its end (it must succeed); returns its wall time in seconds."""
+    start = time.monotonic()
     with open(log, "a") as out:
         done = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
     assert done.returncode == 0, f"{cmd} failed (rc {done.returncode}):\n{log.read_text()[-3000:]}"
+    return time.monotonic() - start
+
+
+def random_moments(rng: random.Random, kills: int, duration: float) -> list[float]:
+    """Kill moments spread over an uninterrupted run's `duration` (its start-up included)."""
+    return [rng.uniform(0.15, 0.9) * duration for _ in range(kills)]
 
 
 def appears(folder: Path, pattern: str) -> Callable[[], bool]:
@@ -138,12 +146,12 @@ def check_registry_consistent(root: Path, name: str) -> list[int]:
 def check_fit_survives(tmp_path: Path, demo_file: Path, kills: int) -> int:
     tmp_path.mkdir(parents=True, exist_ok=True)
     reference = fit_config(tmp_path, "reference", demo_file)
-    run_to_end(rsd("fit", "--config", str(reference)), tmp_path / "reference.log")
+    duration = run_to_end(rsd("fit", "--config", str(reference)), tmp_path / "reference.log")
     expected = final_step(tmp_path / "reference" / "run")
 
     config, log, rng = fit_config(tmp_path, "killed", demo_file), tmp_path / "killed.log", random.Random(SEED + 1)
     run_dir, registry = tmp_path / "killed" / "run", tmp_path / "killed" / "registry"
-    moments: list[float | Callable[[], bool]] = [rng.uniform(5, 12) for _ in range(kills)]
+    moments: list[float | Callable[[], bool]] = random_moments(rng, kills, duration)
     moments.insert(1, appears(run_dir / "checkpoints", ".last.ckpt.*.partial"))  # mid checkpoint write
     moments.append(appears(registry / "rfsq", ".tmp-v*"))  # mid registry export
     cmd = rsd("fit", "--config", str(config), "--ckpt_path", "last")
@@ -201,13 +209,13 @@ def check_eval_survives(tmp_path: Path, registry: Path, num_envs: int, kills: in
     # num_envs 2 only the per-env greedy modes are compared with the uninterrupted run
     modes = "[parallel,ar,speculative]" if num_envs == 1 else "[parallel,ar]"
     tmp_path.mkdir(parents=True, exist_ok=True)
-    run_to_end(eval_cmd(registry, tmp_path / "reference", num_envs, modes), tmp_path / "reference.log")
+    duration = run_to_end(eval_cmd(registry, tmp_path / "reference", num_envs, modes), tmp_path / "reference.log")
     expected = outcomes(tmp_path / "reference")
     assert len(expected) == 3 * modes.count(",") + 3
 
     out, log, rng = tmp_path / "killed", tmp_path / "killed.log", random.Random(SEED + 2 + num_envs)
     cmd = eval_cmd(registry, out, num_envs, modes)
-    killed = sum(run_and_kill(cmd, log, rng.uniform(4, 18)) for _ in range(kills))
+    killed = sum(run_and_kill(cmd, log, when) for when in random_moments(rng, kills, duration))
     run_to_end(cmd, log)
     assert outcomes(out) == expected
     assert json.loads((out / "report.json").read_text())["modes"]["ar"]["trials"] == 3
@@ -228,7 +236,9 @@ def test_eval_survives_kills(tmp_path, random_registry, num_envs):
 @pytest.mark.soak
 @pytest.mark.libero
 def test_soak(tmp_path, synthetic_demo_file, random_registry):
-    assert check_collect_survives(tmp_path / "collect", SOAK_KILLS) >= SOAK_KILLS // 2
-    assert check_fit_survives(tmp_path / "fit", synthetic_demo_file, SOAK_KILLS) >= SOAK_KILLS // 2
+    # a run resumed after its work is done (a finished fit, an eval with nothing pending) ends in seconds, so not every
+    # random moment lands; what must land: the moments chosen on purpose, and some random ones
+    assert check_collect_survives(tmp_path / "collect", SOAK_KILLS) >= 3
+    assert check_fit_survives(tmp_path / "fit", synthetic_demo_file, SOAK_KILLS) >= 3
     for num_envs in (1, 2):
-        assert check_eval_survives(tmp_path / f"eval{num_envs}", random_registry, num_envs, SOAK_KILLS) >= 1
+        assert check_eval_survives(tmp_path / f"eval{num_envs}", random_registry, num_envs, SOAK_KILLS) >= 2
