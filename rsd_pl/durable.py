@@ -83,17 +83,21 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line, flushed to disk. A failed write (e.g. ENOSPC) is cut back off the file, so
     the log keeps exactly its earlier records, and raises RsdError."""
     line = (json.dumps(record) + "\n").encode()
-    with open(path, "ab") as f:
-        before = f.tell()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: a failure is this call's
+    try:
+        before = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
         except OSError as error:
-            f.truncate(before)
+            os.ftruncate(fd, before)
             if error.errno == errno.ENOSPC:
                 raise disk_full_error(path, f"the file keeps its first {before} bytes", error) from error
             raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -103,6 +107,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports and registries from other users
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -121,6 +126,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Replace `path` with `data` all at once (`atomic_file`)."""
     with atomic_file(path) as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_path(path: Path) -> None:
@@ -146,10 +157,11 @@ class FolderLock:
         self.folder = Path(folder)
         self.command = command
         self._handle: Any = None
+        self._key: Path | None = None
 
     def __enter__(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        key = self.folder.resolve()
+        key = self._key = self.folder.resolve()
         if key in FolderLock._held:
             FolderLock._held[key] += 1
             return self
@@ -173,7 +185,7 @@ class FolderLock:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        key = self.folder.resolve()
+        key = self._key
         FolderLock._held[key] -= 1
         if FolderLock._held[key]:
             return

@@ -109,15 +109,20 @@ def test_a_full_disk_keeps_every_earlier_state_and_says_so(full_disk):
     disk, fill = full_disk
     log, index = disk / "episodes.jsonl", disk / "report.json"
     append_jsonl(log, {"trial": 0})
+    small = disk / "small.jsonl"
+    append_jsonl(small, {"pad": "x" * 4084})  # exactly one 4 KiB page: the next byte needs a new page
     atomic_write(index, '{"old": true}')
     fill()
     with pytest.raises(RsdError, match=rf"{log}: disk full .*keeps its first"):
-        append_jsonl(log, {"trial": 1, "padding": "x" * 8192})
+        append_jsonl(log, {"trial": 1, "padding": "x" * 8192})  # larger than a write buffer
     assert read_jsonl(log) == [{"trial": 0}] and log.read_text().endswith("\n")
+    with pytest.raises(RsdError, match=rf"{small}: disk full .*keeps its first 4096 bytes"):
+        append_jsonl(small, {"trial": 1})  # a small record (a buffered write's error used to escape as OSError)
+    assert read_jsonl(small) == [{"pad": "x" * 4084}] and small.stat().st_size == 4096
     with pytest.raises(RsdError, match="disk full .*previous version is intact"):
         atomic_write(index, "x" * 65536)
     assert json.loads(index.read_text()) == {"old": True}
-    assert sorted(p.name for p in disk.iterdir()) == ["episodes.jsonl", "filler", "report.json"]  # no temp files
+    assert sorted(p.name for p in disk.iterdir()) == ["episodes.jsonl", "filler", "report.json", "small.jsonl"]
 
 
 def test_a_full_disk_during_checkpoint_and_export_keeps_the_previous_ones(full_disk):
@@ -169,6 +174,11 @@ def test_staged_demos_of_a_killed_writer_are_folded_once(tmp_path):
     for name, data in saved.items():  # the staged files restored: a kill between rename and their removal
         writer.staging.mkdir(exist_ok=True)
         (writer.staging / name).write_bytes(data)
+    again = DemoWriter(path, **HEADER)
+    again._fold()  # a second kill in the same window: folded again, the staged files not yet removed
+    again.staging.mkdir(exist_ok=True)
+    for name, data in saved.items():
+        (again.staging / name).write_bytes(data)
     with DemoWriter(path, **HEADER) as again:
         assert [int(a["init_state_index"]) for a in again.existing_demos()] == [0, 1]
     assert [e.attrs["init_state_index"] for e in read_episodes(path)] == [0, 1]  # each once

@@ -156,3 +156,14 @@ def test_frames_are_taken_only_in_the_step_before_a_query():
     env = StubEnv(succeed_at=None, images=True)
     _run(env, StubPolicy(), max_steps=10, record_frames=True)
     assert all(env.renders)  # a video needs every frame
+
+
+def test_videos_of_a_cameras_off_episode_never_compare_sizes_with_none():
+    """A cameras-off env has camera_size None: recording an episode must not turn into an error episode."""
+    from rsd_pl.eval.runner import frame_of, renders_video_anew
+
+    env = StubEnv(succeed_at=3)
+    env.camera_size = None
+    assert not renders_video_anew(env, 128) and frame_of(env, {}, 128) is None
+    result = _run(env, StubPolicy(), record_frames=True, video_size=128)
+    assert result.status == "success" and result.frames == []

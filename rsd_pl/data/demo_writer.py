@@ -161,7 +161,7 @@ class DemoWriter:
                 _drop_partial_demos(data, self.path)
                 folded = [p.name for p in staged if p.name not in already]
                 _append_staged(data, [p for p in staged if p.name in folded])
-                data.attrs["rsd_last_fold"] = json.dumps(folded)
+                data.attrs["rsd_last_fold"] = json.dumps([p.name for p in staged])  # all still on disk
                 data.attrs["num_demos"] = len(_complete_demo_keys(data))
                 data.attrs["total"] = int(sum(data[k].attrs["num_samples"] for k in _complete_demo_keys(data)))
             fsync_path(tmp)

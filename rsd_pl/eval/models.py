@@ -53,9 +53,10 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
         models["oft"] = None
     if "oft" in cfg.modes:
         models["oft"], oft_obs = load_oft_model(cfg, main_config)
-        if obs is not None and obs != oft_obs:
-            raise RsdError(f"modes include oft, which observes {oft_obs}, but main={cfg.main} was trained on "
-                           f"{obs}: evaluate them in separate runs")
+        if obs is not None and (obs != oft_obs or obs.camera_size != oft_obs.camera_size):
+            raise RsdError(f"modes include oft, which observes {oft_obs} rendered at {oft_obs.camera_size} px, but "
+                           f"main={cfg.main} was trained on {obs} rendered at {obs.camera_size} px: evaluate them "
+                           "in separate runs")
         obs = oft_obs
     return models, obs
 

@@ -132,7 +132,9 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
 def renders_video_anew(env: EpisodeEnv, size: int | None) -> bool:
     """Whether video frames are rendered anew at `size` (larger than the cameras the policy observes): then
     the steps need not render the observation's cameras for the video, only before a query."""
-    return size is not None and size > getattr(env, "camera_size", size) and hasattr(env, "frame")
+    camera_size = getattr(env, "camera_size", None)
+    return (size is not None and camera_size is not None and bool(env.camera_keys) and size > camera_size
+            and hasattr(env, "frame"))
 
 
 def frame_of(env: EpisodeEnv, obs: dict, size: int | None = None) -> np.ndarray | None:

@@ -34,7 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{target.name}.*.partial"):  # left by a writer killed mid-write
+        for stale in target.parent.glob(".*.ckpt.*.partial"):  # left by a writer killed mid-write (one writer: rank 0)
             stale.unlink(missing_ok=True)
         with atomic_file(target) as f:
             torch.save(checkpoint, f)
