@@ -52,18 +52,20 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
         obs = dataclasses.replace(obs, camera_size=resolve_camera_size(cfg, trained, cfg.main))
         models["oft"] = None
     if "oft" in cfg.modes:
-        models["oft"], oft_obs = load_oft_model(cfg, main_config)
-        if obs is not None and (obs != oft_obs or obs.camera_size != oft_obs.camera_size):
-            raise RsdError(f"modes include oft, which observes {oft_obs} rendered at {oft_obs.camera_size} px, but "
-                           f"main={cfg.main} was trained on {obs} rendered at {obs.camera_size} px: evaluate them "
-                           "in separate runs")
+        # one render side per run: the main model's (oft then warns when it is not OFT's 256 px)
+        models["oft"], oft_obs = load_oft_model(cfg, main_config, obs.camera_size if obs is not None else None)
+        if obs is not None and obs != oft_obs:
+            raise RsdError(f"modes include oft, which observes {oft_obs}, but main={cfg.main} was trained on "
+                           f"{obs}: evaluate them in separate runs")
         obs = oft_obs
     return models, obs
 
 
-def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None) -> tuple[Any, ObsSpec]:
+def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None,
+                   camera_size: int | None = None) -> tuple[Any, ObsSpec]:
     """OpenVLA-OFT's own network, head, proprio projector and statistics (the `oft` mode), and what it observes:
-    agentview + wrist at 224 px through OFT's image pipeline (rendered at `camera_size`, 256 as OFT)."""
+    agentview + wrist at 224 px through OFT's image pipeline, rendered at `camera_size` (the main model's when
+    evaluated beside one), else cfg.camera_size, else 256 as OFT; a warning when that is not 256."""
     from rsd_pl.models.openvla.parts import load_oft_policy
 
     root = cfg.oft_checkpoint
@@ -76,7 +78,7 @@ def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None) -> tuple
     dtype = getattr(torch, cfg.oft_dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise RsdError(f"oft_dtype={cfg.oft_dtype!r} is not a torch dtype")
-    camera_size = cfg.camera_size or OFT_CAMERA_SIZE
+    camera_size = camera_size or cfg.camera_size or OFT_CAMERA_SIZE
     if camera_size != OFT_CAMERA_SIZE:
         print(f"WARNING: camera_size={camera_size}, but OpenVLA-OFT was trained and evaluated on "
               f"{OFT_CAMERA_SIZE} px LIBERO renders: the oft baseline will not be OFT's protocol")
