@@ -41,6 +41,13 @@ def disk_full_error(path: Path, kept: str, error: BaseException) -> RsdError:
                     "Free some space and rerun: it resumes from there")
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC from Python's own writes, or from h5py / safetensors (which report it in their messages)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(error)
+
+
 def repair_torn_tail(path: Path) -> bool:
     """Cut a JSON-line file back to its last newline (what a writer killed mid-line leaves after it).
 
@@ -93,7 +100,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
             os.fsync(fd)
         except OSError as error:
             os.ftruncate(fd, before)
-            if error.errno == errno.ENOSPC:
+            if is_disk_full(error):
                 raise disk_full_error(path, f"the file keeps its first {before} bytes", error) from error
             raise
     finally:
@@ -115,7 +122,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if is_disk_full(error):
             kept = "the previous version is intact" if path.exists() else "the file was not created"
             raise disk_full_error(path, kept, error) from error
         raise

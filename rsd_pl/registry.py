@@ -23,7 +23,6 @@ Weights load with safetensors only: loading never unpickles.
 from __future__ import annotations
 
 import argparse
-import errno
 import fcntl
 import json
 import math
@@ -42,7 +41,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rsd_pl.durable import atomic_write, disk_full_error, fsync_path
+from rsd_pl.durable import atomic_write, disk_full_error, fsync_path, is_disk_full
 from rsd_pl.errors import RsdError
 
 INDEX_FILE = "registry.json"
@@ -229,7 +228,7 @@ class Registry:
             os.rename(tmp, parent / f"v{version}")
         except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            if _is_disk_full(error):
+            if is_disk_full(error):
                 raise disk_full_error(parent / f"v{version}", f"{self.index_path} is unchanged", error) from error
             raise
         fsync_path(parent)
@@ -359,13 +358,6 @@ def _read_json_file(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RsdError(f"corrupted {path}: expected a JSON object, got {type(value).__name__}")
     return value
-
-
-def _is_disk_full(error: BaseException) -> bool:
-    """ENOSPC from Python's own writes, or from safetensors (which reports it in its message)."""
-    if isinstance(error, OSError):
-        return error.errno == errno.ENOSPC
-    return "No space left on device" in str(error)
 
 
 # ----- `python -m rsd_pl registry` ---------------------------------------------------------------

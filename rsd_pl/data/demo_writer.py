@@ -16,7 +16,6 @@ the staged files never adds a demo twice.
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 import uuid
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 
 from rsd_pl.data.libero_hdf5 import IMAGE_KEYS, _check_actions, _complete_demo_keys, _open
-from rsd_pl.durable import disk_full_error, fsync_path
+from rsd_pl.durable import disk_full_error, fsync_path, is_disk_full
 from rsd_pl.errors import RsdError
 
 STAGED_DEMO = "demo"  # the group of a staged file
@@ -132,7 +131,7 @@ class DemoWriter:
                             all_attrs)
         except OSError as error:
             tmp.unlink(missing_ok=True)
-            if error.errno == errno.ENOSPC or "No space left" in str(error):
+            if is_disk_full(error):
                 raise disk_full_error(self.path, f"its {len(self._existing)} earlier demos are kept", error) from error
             raise
         tmp.rename(self.staging / name)

@@ -25,7 +25,7 @@ from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec
 from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
 from rsd_pl.eval.episodes import count_runs, episode_list, output_lock, pending_items
 from rsd_pl.eval.report import write_report
-from rsd_pl.eval.runner import EpisodeResult, run_episode
+from rsd_pl.eval.runner import EpisodeResult, run_episode, video_larger_than_cameras
 
 
 class EpisodeDataset(Dataset):
@@ -95,8 +95,8 @@ class EvalModule(L.LightningModule):
                 self._policies[mode] = self.make_policy(mode)
             policy = self._policies[mode]
             group = [item for item in items if mode in item["modes"]]
-            larger_video = self.video_size is not None and self.obs.cameras and self.video_size > self.camera_size
-            for result in run_batched(self._pool, policy, group, mode, video_from_obs=not larger_video):
+            larger = bool(self.obs.cameras) and video_larger_than_cameras(self.video_size, self.camera_size)
+            for result in run_batched(self._pool, policy, group, mode, video_from_obs=not larger):
                 result.decoding = policy.decoding
                 records.append(self._log_result(result))
         return records

@@ -129,12 +129,16 @@ def to_env_action(action: np.ndarray | torch.Tensor) -> np.ndarray:
     return action
 
 
+def video_larger_than_cameras(video_size: int | None, camera_size: int | None) -> bool:
+    """Whether video frames are rendered anew at `video_size` (larger than the cameras the policy observes):
+    then the steps need not render the observation's cameras for the video, only before a query."""
+    return video_size is not None and camera_size is not None and video_size > camera_size
+
+
 def renders_video_anew(env: EpisodeEnv, size: int | None) -> bool:
-    """Whether video frames are rendered anew at `size` (larger than the cameras the policy observes): then
-    the steps need not render the observation's cameras for the video, only before a query."""
-    camera_size = getattr(env, "camera_size", None)
-    return (size is not None and camera_size is not None and bool(env.camera_keys) and size > camera_size
-            and hasattr(env, "frame"))
+    """`video_larger_than_cameras` for this env (False without cameras or a `frame` method)."""
+    return (bool(env.camera_keys) and hasattr(env, "frame")
+            and video_larger_than_cameras(size, getattr(env, "camera_size", None)))
 
 
 def frame_of(env: EpisodeEnv, obs: dict, size: int | None = None) -> np.ndarray | None:
