@@ -149,7 +149,8 @@ def openvla_setting(source: str, device: torch.device) -> BenchSetting:
     backbone_cfg = BackboneConfig(kind="openvla", path=None if source == "random" else source, image_size=224,
                                   num_cameras=2, max_text_len=64, lora_rank=0, torch_dtype=str(dtype).split(".")[1])
     cfg = MainModelConfig(backbone=backbone_cfg)
-    main = MainModel(cfg, backbone=OpenVLABackbone(backbone_cfg, dtype, cfg.chunk_len, parts)).to(device, dtype)
+    backbone = OpenVLABackbone(backbone_cfg, dtype, cfg.layout.positions, parts, query_len=cfg.chunk_len)
+    main = MainModel(cfg, backbone=backbone).to(device, dtype)
     hidden = main.hidden_size
     draft_size = dict(hidden=512, layers=2, heads=8, mlp=2048) if hidden >= 1024 else {}
     draft = DraftModel(DraftConfig(main_hidden=hidden, **draft_size)).to(device, dtype)

@@ -59,9 +59,10 @@ def main() -> None:
     chunks = ActionChunkDataset([normalizer.normalize(episodes[i].actions) for i in val_ids], tokenizer.chunk_len)
     actions = chunks.chunks.double()  # (N, T, D)
 
-    quantizer, num_layers, num_levels = tokenizer.quantizer, tokenizer.num_layers, tokenizer.num_levels
+    quantizer, layout, num_layers = tokenizer.quantizer, tokenizer.layout, tokenizer.num_layers
+    num_levels = layout.vocab_size  # codes per token
     with torch.no_grad():
-        codes = tokenizer.tokenize(actions)  # (N, T, d, L)
+        codes = tokenizer.tokenize(actions)  # (N, P, n, L) token codes
         rows = {}
         sigmas = list(args.sigmas)
         if "val/l1_ar" in main_metrics:
@@ -69,7 +70,8 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         for sigma in sigmas:
             noisy = actions + sigma * torch.randn(actions.shape, generator=generator, dtype=actions.dtype)
-            predicted = quantizer.teacher_forced_codes(tokenizer.encode(noisy), codes)
+            digits = quantizer.teacher_forced_codes(tokenizer.encode(noisy), layout.split(codes))
+            predicted = layout.join(digits)  # a token is right when all its scalars' digits are
             rows[sigma] = (predicted == codes).double().mean(dim=(0, 1, 2)).tolist()
     counts = np.stack([np.bincount(codes[..., layer].flatten().numpy(), minlength=num_levels)
                        for layer in range(num_layers)])

@@ -41,14 +41,15 @@ TINY_BACKBONE = dict(
 
 def tiny_main(
     seed: int, chunk_len: int = 2, latent_dim: int = 3, num_layers: int = 8, num_levels: int = 5,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype = torch.float64, positions: int | None = None, group: int = 1,
 ) -> MainModel:
     """A real MainModel at toy size, random init, float64 so argmax ties cannot flip between
-    batched and one-block-at-a-time forwards."""
+    batched and one-block-at-a-time forwards. positions / group: the token layout (default: one
+    position per step, one scalar per token)."""
     torch.manual_seed(seed)
     backbone = BackboneConfig(image_size=16, patch_size=8, max_text_len=4, extra=dict(TINY_BACKBONE))
     cfg = MainModelConfig(backbone=backbone, chunk_len=chunk_len, latent_dim=latent_dim,
-                          num_layers=num_layers, num_levels=num_levels)
+                          num_layers=num_layers, num_levels=num_levels, positions=positions, group=group)
     return MainModel(cfg).to(dtype).eval()
 
 
@@ -69,14 +70,16 @@ def tiny_draft(main: MainModel, seed: int) -> DraftModel:
     """A real DraftModel at toy size, random init (so it is mostly wrong), same dtype as the main."""
     torch.manual_seed(seed)
     cfg = DraftConfig(main_hidden=main.hidden_size, hidden=16, layers=1, heads=2, mlp=32, chunk_len=main.chunk_len,
-                      latent_dim=main.latent_dim, num_layers=main.num_layers, num_levels=main.num_levels)
+                      latent_dim=main.latent_dim, num_layers=main.num_layers, num_levels=main.num_levels,
+                      positions=main.positions, group=main.group)
     return DraftModel(cfg).to(next(main.parameters()).dtype).eval()
 
 
 def tiny_tokenizer(main: MainModel, seed: int = 0) -> ActionRFSQAE:
     torch.manual_seed(seed)
     return ActionRFSQAE(action_dim=7, chunk_len=main.chunk_len, latent_dim=main.latent_dim,
-                        num_layers=main.num_layers, num_levels=main.num_levels, hidden=16, num_hidden=1)
+                        num_layers=main.num_layers, num_levels=main.num_levels, hidden=16, num_hidden=1,
+                        positions=main.positions, group=main.group)
 
 
 def tiny_normalizer() -> ActionNormalizer:
@@ -87,7 +90,7 @@ def tiny_normalizer() -> ActionNormalizer:
 
 class ScriptedDraft(nn.Module):
     """The DraftModel cache interface (`start` / `extend` / `crop_cache`) with a per-target-layer behaviour:
-    "right" = the main model's own logits, "wrong" = a peak on (main argmax + 1) mod K,
+    "right" = the main model's own logits, "wrong" = a peak on (main argmax + 1) mod V (V codes per token),
     "random" = a fixed random function of the lower layers' codes."""
 
     def __init__(self, main: MainModel, batch: dict, plan: dict[int, str] | None = None, default: str = "right",
@@ -95,8 +98,8 @@ class ScriptedDraft(nn.Module):
         super().__init__()
         self.main, self.batch, self.plan, self.default = main, batch, plan or {}, default
         generator = torch.Generator().manual_seed(seed)
-        width = main.num_layers * main.latent_dim * main.num_levels
-        out = main.latent_dim * main.num_levels
+        width = main.num_layers * main.tokens_per_position * main.vocab_size
+        out = main.tokens_per_position * main.vocab_size
         self.random_weight = 2.0 * torch.randn(main.num_layers, width, out, generator=generator, dtype=torch.float64)
         self.calls = 0
 
@@ -116,28 +119,28 @@ class ScriptedDraft(nn.Module):
         cache.codes, cache.num_blocks = cache.codes[..., :num_blocks], num_blocks
 
     def next_layer_logits(self, query_hidden: Tensor, codes: Tensor) -> Tensor:
-        """codes [B, T, d, m] -> logits of layer m+1 [B, T, d, K]."""
+        """codes [B, P, n, m] -> logits of layer m+1 [B, P, n, V]."""
         self.calls += 1
         m = codes.shape[-1]
         behaviour = self.plan.get(m + 1, self.default)
         if behaviour == "random":
             return self._random_logits(codes)
-        main_logits = self._main_logits(codes)  # [B, T, d, K]
+        main_logits = self._main_logits(codes)  # [B, P, n, V]
         if behaviour == "right":
             return main_logits
-        wrong = (main_logits.argmax(-1) + 1) % self.main.num_levels  # [B, T, d]
-        return 10.0 * nn.functional.one_hot(wrong, self.main.num_levels).to(main_logits.dtype)
+        wrong = (main_logits.argmax(-1) + 1) % self.main.vocab_size  # [B, P, n]
+        return 10.0 * nn.functional.one_hot(wrong, self.main.vocab_size).to(main_logits.dtype)
 
     def _main_logits(self, codes: Tensor) -> Tensor:
         m, num_layers = codes.shape[-1], self.main.num_layers
-        padded = torch.cat([codes, codes.new_zeros(*codes.shape[:-1], num_layers - m)], dim=-1)  # [B, T, d, L]
+        padded = torch.cat([codes, codes.new_zeros(*codes.shape[:-1], num_layers - m)], dim=-1)  # [B, P, n, L]
         return self.main(self.batch, padded).layer_logits[:, m]  # causal: padding does not leak back
 
     def _random_logits(self, codes: Tensor) -> Tensor:
         batch, steps, dims, m = codes.shape
-        levels, num_layers = self.main.num_levels, self.main.num_layers
-        onehot = nn.functional.one_hot(codes, levels).permute(0, 1, 3, 2, 4)  # [B, T, m, d, K]
+        levels, num_layers = self.main.vocab_size, self.main.num_layers
+        onehot = nn.functional.one_hot(codes, levels).permute(0, 1, 3, 2, 4)  # [B, P, m, n, V]
         padded = torch.zeros(batch, steps, num_layers, dims, levels, dtype=torch.float64)
         padded[:, :, :m] = onehot.double()
-        logits = padded.flatten(2) @ self.random_weight[m]  # [B, T, d*K]
+        logits = padded.flatten(2) @ self.random_weight[m]  # [B, P, n*V]
         return logits.view(batch, steps, dims, levels)

@@ -56,6 +56,31 @@ def test_speculative_exact_equals_greedy_ar() -> None:
         assert torch.equal(real_draft.decode_chunk(batch).codes, reference.codes), f"real draft, seed {seed}"
 
 
+GROUPED = [dict(chunk_len=4, positions=2, latent_dim=4, group=2, num_levels=5),  # 4 tokens of 25 codes per layer
+           dict(chunk_len=4, positions=1, latent_dim=2, group=2, num_levels=5)]  # one token per layer
+
+
+@pytest.mark.parametrize("layout", GROUPED)
+def test_speculative_exact_equals_greedy_ar_on_grouped_layouts(layout: dict) -> None:
+    """As above on layouts of joint tokens (fewer positions than steps): exact == greedy ar token for token,
+    with the scripted draft, a real draft and the parallel head; relaxed with tau 0 gives ar's actions."""
+    for seed in range(6):
+        draft_len = (1, 3, 7)[seed % 3]
+        main = tiny_main(seed, **layout)
+        batch = tiny_batch(seed, batch_size=2)
+        reference = make_engine(main, "ar").decode_chunk(batch)
+        assert reference.codes.shape == (2, main.positions, main.tokens_per_position, main.num_layers)
+        draft = ScriptedDraft(main, batch, plan=random_plan(seed, main.num_layers), seed=seed)
+        for engine in (make_engine(main, "speculative", draft, draft_len=draft_len),
+                       make_engine(main, "speculative", tiny_draft(main, seed), draft_len=draft_len),
+                       make_engine(main, "speculative", draft_source="parallel", draft_len=draft_len)):
+            result = engine.decode_chunk(batch)
+            assert torch.equal(result.codes, reference.codes), f"seed {seed}, k={draft_len}"
+            np.testing.assert_array_equal(result.actions, reference.actions)
+        relaxed = make_engine(main, "speculative", draft, draft_len=draft_len, acceptance="relaxed", tau=0.0)
+        np.testing.assert_allclose(relaxed.decode_chunk(batch).actions, reference.actions, atol=1e-6)
+
+
 def test_always_right_draft_needs_two_main_forwards() -> None:
     main = tiny_main(1)
     batch = tiny_batch(1, batch_size=1)
@@ -193,6 +218,11 @@ def test_mismatched_shapes_are_an_error() -> None:
         make_engine(main, "speculative", draft=tiny_draft(other, 0))
     with pytest.raises(RsdError, match="tokenizer num_layers"):
         DecodingEngine(main, tiny_tokenizer(other), tiny_normalizer(), DecodingConfig(mode="ar"))
+    grouped, scalar = tiny_main(0, **GROUPED[0]), tiny_main(0, chunk_len=4, latent_dim=4, num_levels=5)
+    with pytest.raises(RsdError, match="draft token layout .* does not match the main model's"):
+        make_engine(grouped, "speculative", draft=tiny_draft(scalar, 0))
+    with pytest.raises(RsdError, match="tokenizer token layout"):
+        DecodingEngine(grouped, tiny_tokenizer(scalar), tiny_normalizer(), DecodingConfig(mode="ar"))
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """Statistical proof: speculative + sampling draws codes from the same distribution as ar sampling.
 
-Setting: T=1 step, d=2 codes per layer, K=3 levels, L=3 layers -> 3^6 = 729 joint outcomes. The
-exact ar distribution is computed by enumeration (teacher-forced main forward on all 729 code
-tensors: P(c) = prod_l softmax(logits_l / temperature)[c_l]). One observation is repeated N times
+Settings, both with 729 joint outcomes: "scalar" (T=1 step, d=2 one-scalar tokens per layer, K=3 levels,
+L=3 layers: 3^6) and "grouped" (T=2 steps on P=1 position, one token of g=2 scalars, K=3: 9 codes per
+token, L=3: 9^3). The exact ar distribution is computed by enumeration (teacher-forced main forward on
+all 729 code tensors: P(c) = prod over layers and tokens of softmax(logits / temperature)[c]). One observation is repeated N times
 in one batch (float32); a chi-square goodness-of-fit test compares the engine's draws with it.
 A negative control (a rule that keeps every draft code) must FAIL the same test: the test has power.
 """
@@ -30,30 +31,31 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 TEMPERATURE = 1.0
 NUM_SAMPLES = 5000
-SHAPE = dict(chunk_len=1, latent_dim=2, num_layers=3, num_levels=3)
-LEVELS, NUM_CODES = 3, 6  # K, T*d*L
+SHAPES = {"scalar": dict(chunk_len=1, latent_dim=2, num_layers=3, num_levels=3),
+          "grouped": dict(chunk_len=2, positions=1, latent_dim=2, group=2, num_layers=3, num_levels=3)}
 
 
-def all_code_tensors() -> torch.Tensor:
-    """-> codes [729, T=1, d=2, L=3], every joint outcome once (row-major over the 6 codes)."""
-    rows = list(itertools.product(range(LEVELS), repeat=NUM_CODES))
-    return torch.tensor(rows).view(-1, 1, 2, 3)
+def all_code_tensors(main) -> torch.Tensor:
+    """-> codes [729, P, n, L], every joint outcome once (row-major over the P*n*L tokens)."""
+    shape = (main.positions, main.tokens_per_position, main.num_layers)
+    rows = list(itertools.product(range(main.vocab_size), repeat=shape[0] * shape[1] * shape[2]))
+    return torch.tensor(rows).view(-1, *shape)
 
 
-def outcome_index(codes: torch.Tensor) -> torch.Tensor:
-    """codes [B, 1, 2, 3] -> int [B] index into all_code_tensors()."""
-    flat = codes.reshape(codes.shape[0], -1)  # (B, 6) in the same order as all_code_tensors
-    weights = LEVELS ** torch.arange(NUM_CODES - 1, -1, -1)
+def outcome_index(main, codes: torch.Tensor) -> torch.Tensor:
+    """codes [B, P, n, L] -> int [B] index into all_code_tensors(main)."""
+    flat = codes.reshape(codes.shape[0], -1)  # (B, P*n*L) in the same order as all_code_tensors
+    weights = main.vocab_size ** torch.arange(flat.shape[1] - 1, -1, -1)
     return (flat * weights).sum(dim=1)
 
 
 def exact_distribution(main, seed: int) -> torch.Tensor:
-    codes = all_code_tensors()
+    codes = all_code_tensors(main)
     batch = tiny_batch(seed, batch_size=codes.shape[0], dtype=torch.float32, repeat=True)
     with torch.no_grad():
-        logits = main(batch, codes).layer_logits  # [729, L, T, d, K]
+        logits = main(batch, codes).layer_logits  # [729, L, P, n, V]
     log_probs = torch.log_softmax(logits / TEMPERATURE, dim=-1)
-    picked = log_probs.gather(-1, codes.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1)  # [729, L, T, d]
+    picked = log_probs.gather(-1, codes.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1)  # [729, L, P, n]
     return picked.flatten(1).sum(dim=1).exp()  # [729]
 
 
@@ -79,7 +81,7 @@ def draw(main, seed: int, mode: str, draft=None, draft_len: int = 2, rule=None,
         engine.rule = rule
     batch = tiny_batch(seed, batch_size=NUM_SAMPLES, dtype=torch.float32, repeat=True)
     codes = engine.decode_chunk(batch).codes
-    return torch.bincount(outcome_index(codes), minlength=LEVELS**NUM_CODES).double()
+    return torch.bincount(outcome_index(main, codes), minlength=729).double()
 
 
 class KeepEveryDraftCode(SamplingRule):
@@ -90,10 +92,12 @@ class KeepEveryDraftCode(SamplingRule):
         return LayerVerdict(codes=draft_codes, accepted=accepted, agreed=draft_codes == main_logits.argmax(-1))
 
 
-@pytest.fixture(scope="module")
-def setting():
-    main = tiny_main(11, dtype=torch.float32, **SHAPE)
-    return main, exact_distribution(main, seed=11)
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def setting(request):
+    main = tiny_main(11, dtype=torch.float32, **SHAPES[request.param])
+    probs = exact_distribution(main, seed=11)
+    assert probs.numel() == 729 and abs(float(probs.sum()) - 1) < 1e-4
+    return main, probs
 
 
 def test_ar_sampling_matches_enumerated_distribution(setting) -> None:

@@ -64,7 +64,7 @@ def test_decode_every_prefix_and_bad_codes():
         model.decode_codes(codes[..., :0])
     with pytest.raises(ValueError, match=r"\[0, 7\)"):
         model.decode_codes(codes + 7)
-    with pytest.raises(ValueError, match=r"\[B, 8, 16, m\]"):
+    with pytest.raises(ValueError, match=r"\[B, P=8, n=16, m\]"):
         model.decode_codes(codes.permute(0, 3, 1, 2))  # [B, L, T, d]: the wrong layout
     with pytest.raises(ValueError, match="num_levels"):
         ActionRFSQAE(num_levels=8)

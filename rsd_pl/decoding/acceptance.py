@@ -30,9 +30,9 @@ def choose_codes(logits: Tensor, temperature: float, generator: torch.Generator 
 
 @dataclass
 class LayerVerdict:
-    codes: Tensor  # [B, T, d] final codes of the layer
+    codes: Tensor  # [B, P, n] final codes of the layer
     accepted: Tensor  # bool [B]: every code of the draft's layer was accepted
-    agreed: Tensor  # bool [B, T, d]: draft code == main argmax (for the agreement statistic)
+    agreed: Tensor  # bool [B, P, n]: draft code == main argmax (for the agreement statistic)
 
 
 class LayerByLayer:
@@ -41,8 +41,8 @@ class LayerByLayer:
 
     def verify_run(self, codes: Tensor, proposals: Tensor, draft_logits: list[Tensor],
                    main_logits: Tensor) -> Iterator[LayerVerdict]:
-        """Verdicts for proposals [B, T, d, n] in order (the caller stops at the first rejection).
-        main_logits [B, >= n, T, d, K]: the main model's prediction for each proposed layer."""
+        """Verdicts for proposals [B, P, n, n] in order (the caller stops at the first rejection).
+        main_logits [B, >= n, P, n, V]: the main model's prediction for each proposed layer."""
         for i in range(proposals.shape[-1]):
             prefix = torch.cat([codes, proposals[..., :i]], dim=-1)  # codes + the layers passed so far
             yield self.verify(proposals[..., i], draft_logits[i], main_logits[:, i], prefix)
@@ -54,17 +54,18 @@ class ExactRule(LayerByLayer):
     name = "exact"
 
     def verify(self, draft_codes: Tensor, draft_logits: Tensor, main_logits: Tensor, prefix: Tensor) -> LayerVerdict:
-        main_codes = main_logits.argmax(dim=-1)  # [B, T, d]
+        main_codes = main_logits.argmax(dim=-1)  # [B, P, n]
         agreed = draft_codes == main_codes
         return LayerVerdict(codes=main_codes, accepted=agreed.flatten(1).all(dim=1), agreed=agreed)
 
 
 class SamplingRule(LayerByLayer):
-    """Per-code speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via
+    """Per-token speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via
     Speculative Decoding", Algorithm 1): keep draft code x ~ q with probability min(1, p(x)/q(x)),
     otherwise draw from norm(max(0, p - q)). Each kept or redrawn code is distributed exactly as p.
-    The codes of one layer are conditionally independent given the lower layers (one softmax per
-    code in both models), so per-code acceptance gives the exact joint distribution of the layer."""
+    The tokens of one layer are conditionally independent given the lower layers (one K**g-way softmax
+    per token in both models, all read from the block below), so per-token acceptance gives the exact
+    joint distribution of the layer."""
 
     name = "sampling"
 
@@ -73,13 +74,13 @@ class SamplingRule(LayerByLayer):
         self.generator = generator
 
     def verify(self, draft_codes: Tensor, draft_logits: Tensor, main_logits: Tensor, prefix: Tensor) -> LayerVerdict:
-        p = torch.softmax(main_logits.float() / self.temperature, dim=-1)  # [B, T, d, K]
-        q = torch.softmax(draft_logits.float() / self.temperature, dim=-1)  # [B, T, d, K]
-        p_x = p.gather(-1, draft_codes.unsqueeze(-1)).squeeze(-1)  # [B, T, d]
-        q_x = q.gather(-1, draft_codes.unsqueeze(-1)).squeeze(-1)  # [B, T, d]
+        p = torch.softmax(main_logits.float() / self.temperature, dim=-1)  # [B, P, n, V]
+        q = torch.softmax(draft_logits.float() / self.temperature, dim=-1)  # [B, P, n, V]
+        p_x = p.gather(-1, draft_codes.unsqueeze(-1)).squeeze(-1)  # [B, P, n]
+        q_x = q.gather(-1, draft_codes.unsqueeze(-1)).squeeze(-1)  # [B, P, n]
         uniform = torch.rand(p_x.shape, generator=self.generator, device=p_x.device)
         keep = uniform * q_x < p_x  # P(keep) = min(1, p/q)
-        residual = (p - q).clamp_min(0)  # [B, T, d, K]
+        residual = (p - q).clamp_min(0)  # [B, P, n, V]
         mass = residual.sum(dim=-1, keepdim=True)
         # mass == 0 only when p == q, where keep is certain; p keeps the draw well defined.
         residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p)
@@ -97,10 +98,10 @@ class RelaxedRule:
 
     def __init__(self, tau: float, decode: Callable[[Tensor], Tensor]) -> None:
         self.tau = tau
-        self.decode = decode  # codes [B, T, d, m] -> normalised actions [B, T, D]
+        self.decode = decode  # codes [B, P, n, m] -> normalised actions [B, T, D]
 
     def verify(self, draft_codes: Tensor, draft_logits: Tensor, main_logits: Tensor, prefix: Tensor) -> LayerVerdict:
-        main_codes = main_logits.argmax(dim=-1)  # [B, T, d]
+        main_codes = main_logits.argmax(dim=-1)  # [B, P, n]
         with_draft = self.decode(torch.cat([prefix, draft_codes.unsqueeze(-1)], dim=-1))  # [B, T, D]
         with_main = self.decode(torch.cat([prefix, main_codes.unsqueeze(-1)], dim=-1))  # [B, T, D]
         return self._verdict(draft_codes, main_codes, with_draft, with_main)
@@ -112,7 +113,7 @@ class RelaxedRule:
         with codes + proposals[:i] + main argmax i. Shorter prefixes are padded with the centre
         level, which dequantises to 0 in the residual FSQ, so padding equals the prefix itself."""
         num = proposals.shape[-1]
-        main_codes = main_logits[:, :num].argmax(dim=-1).permute(0, 2, 3, 1)  # [B, T, d, n]
+        main_codes = main_logits[:, :num].argmax(dim=-1).permute(0, 2, 3, 1)  # [B, P, n, n]
         centre = (main_logits.shape[-1] - 1) // 2
         variants = []
         for i in range(num):

@@ -23,7 +23,7 @@ GRIPPER_DIM = 6
 class ChunkResult:
     actions: np.ndarray  # float32 [B, T, D] env actions: un-normalised, gripper -1 open / +1 close
     normalized_actions: Tensor  # [B, T, D] what the model produced, normalised units
-    codes: Tensor | None  # int64 [B, T, d, m] decided codes (None in l1 mode)
+    codes: Tensor | None  # int64 [B, P, n, m] decided token codes (None in l1 mode)
     stats: ChunkStats
 
 
@@ -95,13 +95,13 @@ class DecodingEngine:
         return normalized
 
     def _codes(self, batch: dict, stats: ChunkStats, timer: SectionTimer) -> Tensor:
-        """-> codes [B, T, d, m] in the configured code mode."""
+        """-> token codes [B, P, n, m] in the configured code mode."""
         cfg = self.config
         if cfg.mode == "parallel":
             with timer.section("prefill_s"):
                 prefill = self.main.prefill(batch)
-                logits = self.main.parallel_logits(prefill.query_hidden)  # [B, L, T, d, K]
-                codes = choose_codes(logits, cfg.temperature, self.generator).permute(0, 2, 3, 1)  # [B, T, d, L]
+                logits = self.main.parallel_logits(prefill.query_hidden)  # [B, L, P, n, V]
+                codes = choose_codes(logits, cfg.temperature, self.generator).permute(0, 2, 3, 1)  # [B, P, n, L]
             stats.main_forwards = 1
             return codes
         bound = cfg.exit_bound if cfg.mode == "ar_exit" else cfg.early_exit_bound
@@ -155,12 +155,17 @@ class ReferenceCheckedEngine:
 
 
 def _check_shapes(main: MainLike, other: object, what: str) -> None:
-    """The tokenizer / draft must use the main model's T, d, L, K (read from attributes or .cfg)."""
+    """The tokenizer / draft must use the main model's T, d, L, K and token layout (P, g), read from
+    attributes, `.cfg` or `.layout`."""
     for key in ("num_layers", "chunk_len", "latent_dim", "num_levels"):
         main_value = getattr(main, key)
         value = getattr(other, key, getattr(getattr(other, "cfg", None), key, None))
         if value is not None and value != main_value:
             raise RsdError(f"{what} {key}={value} does not match the main model's {key}={main_value}")
+    main_layout, layout = getattr(main, "layout", None), getattr(other, "layout", None)
+    if main_layout is not None and layout is not None and layout != main_layout:
+        raise RsdError(f"{what} token layout ({layout.describe()}) does not match the main model's "
+                       f"({main_layout.describe()})")
 
 
 def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:

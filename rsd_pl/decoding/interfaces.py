@@ -14,7 +14,7 @@ from torch import Tensor
 
 class PrefillLike(Protocol):
     query_hidden: Tensor  # [B, T, H]
-    layer1_logits: Tensor  # [B, T, d, K]
+    layer1_logits: Tensor  # [B, P, n, V]: P token positions, n tokens each, V = K**g codes per token
     cache: Any  # transformers Cache (mutated in place by extend / crop_cache)
     cache_len: int  # tokens in the cache after the prefill (prefix + Q block)
 
@@ -28,11 +28,11 @@ class MainLike(Protocol):
     def prefill(self, batch: dict) -> PrefillLike: ...
 
     def extend(self, codes: Tensor, first_layer: int, cache: Any) -> Tensor:
-        """codes [B, T, d, n] of layers first_layer.. -> logits [B, n, T, d, K] of layers first_layer+1.."""
+        """token codes [B, P, n, m] of layers first_layer.. -> logits [B, m, P, n, V] of layers first_layer+1.."""
 
     def crop_cache(self, cache: Any, prefill_len: int, num_blocks: int) -> Any: ...
 
-    def parallel_logits(self, query_hidden: Tensor) -> Tensor: ...  # [B, L, T, d, K]
+    def parallel_logits(self, query_hidden: Tensor) -> Tensor: ...  # [B, L, P, n, V]
 
     def l1_actions(self, query_hidden: Tensor) -> Tensor: ...  # [B, T, D] normalised
 
@@ -46,8 +46,8 @@ class DraftLike(Protocol):
         """query_hidden [B, T, H] -> a fresh draft cache holding no layer blocks yet."""
 
     def extend(self, codes: Tensor, first_layer: int, cache: Any) -> Tensor:
-        """codes [B, T, d, n] of layers first_layer.. (first_layer = blocks cached + 1)
-        -> logits [B, n, T, d, K] of layers first_layer+1..; appends the blocks to the cache."""
+        """token codes [B, P, n, m] of layers first_layer.. (first_layer = blocks cached + 1)
+        -> logits [B, m, P, n, V] of layers first_layer+1..; appends the blocks to the cache."""
 
     def crop_cache(self, cache: Any, num_blocks: int) -> None: ...  # keep the first num_blocks layer blocks
 
@@ -56,7 +56,7 @@ class TokenizerLike(Protocol):
     num_layers: int
 
     def decode_codes(self, codes: Tensor) -> Tensor:
-        """codes [B, T, d, m] (any prefix m) -> normalised actions [B, T, D]."""
+        """token codes [B, P, n, m] (any prefix m) -> normalised actions [B, T, D]."""
 
 
 class NormalizerLike(Protocol):

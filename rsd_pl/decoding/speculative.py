@@ -16,7 +16,7 @@ from rsd_pl.decoding.acceptance import AcceptanceRule, choose_codes
 from rsd_pl.decoding.interfaces import DraftLike, MainLike
 from rsd_pl.decoding.stats import ChunkStats, SectionTimer
 
-StopCheck = Callable[[Tensor], bool]  # codes [B, T, d, m] -> stop decoding now (early exit)
+StopCheck = Callable[[Tensor], bool]  # codes [B, P, n, m] -> stop decoding now (early exit)
 
 
 def autoregressive_decode(
@@ -30,16 +30,16 @@ def autoregressive_decode(
     stop: StopCheck | None = None,
 ) -> Tensor:
     """The reference: one main forward per layer with the KV cache (L forwards for L layers).
-    Returns codes [B, T, d, m], m = L unless `stop` ended it early."""
+    Returns codes [B, P, n, m], m = L unless `stop` ended it early."""
     with timer.section("prefill_s"):
         prefill = main.prefill(batch)
-        codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
+        codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, P, n, 1]
     stats.main_forwards += 1
     while codes.shape[-1] < main.num_layers and not _stopped(stop, codes, stats, timer):
         m = codes.shape[-1]
         with timer.section("verify_s"):
-            logits = main.extend(codes[..., m - 1 :], first_layer=m, cache=prefill.cache)  # [B, 1, T, d, K]
-            next_layer = choose_codes(logits[:, 0], temperature, generator)  # [B, T, d]
+            logits = main.extend(codes[..., m - 1 :], first_layer=m, cache=prefill.cache)  # [B, 1, P, n, V]
+            next_layer = choose_codes(logits[:, 0], temperature, generator)  # [B, P, n]
         stats.main_forwards += 1
         codes = torch.cat([codes, next_layer.unsqueeze(-1)], dim=-1)
     return codes
@@ -60,7 +60,7 @@ def speculative_decode(
 ) -> Tensor:
     """Speculative decoding over residual layers (Leviathan et al. 2023, "Fast Inference from
     Transformers via Speculative Decoding"; Chen et al. 2023), where one "token" is a whole layer
-    of T x d codes. Returns codes [B, T, d, m], m = L unless `stop` ended it early.
+    of P x n tokens. Returns codes [B, P, n, m], m = L unless `stop` ended it early.
 
     1. Prefill: one main forward over prefix + Q gives layer 1 and the Q hidden states.
     2. Draft: propose layers m+1..m+k one by one (k draft forwards), each on its own proposals;
@@ -84,7 +84,7 @@ def speculative_decode(
     # 1. Prefill.
     with timer.section("prefill_s"):
         prefill = main.prefill(batch)
-        codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, T, d, 1]
+        codes = choose_codes(prefill.layer1_logits, temperature, generator).unsqueeze(-1)  # [B, P, n, 1]
     stats.main_forwards += 1
     draft_cache = None
     rounds = 0
@@ -103,9 +103,9 @@ def speculative_decode(
         with timer.section("verify_s"):
             # 3. One verify forward: blocks of layers m..last_block (block L does not exist).
             last_block = min(m + num_proposed, num_layers - 1)
-            context = torch.cat([codes, proposals], dim=-1)  # [B, T, d, m + num_proposed]
+            context = torch.cat([codes, proposals], dim=-1)  # [B, P, n, m + num_proposed]
             main_logits = main.extend(context[..., m - 1 : last_block], first_layer=m, cache=prefill.cache)
-            stats.main_forwards += 1  # main_logits [B, last_block - m + 1, T, d, K]: layers m+1..last_block+1
+            stats.main_forwards += 1  # main_logits [B, last_block - m + 1, P, n, V]: layers m+1..last_block+1
             # 4. Accept the longest passing run; correct the first rejected layer; bonus if none rejected.
             new_layers, all_accepted = _accept_run(rule, codes, proposals, draft_logits, main_logits, m, stats)
             passed = len(new_layers) if all_accepted else len(new_layers) - 1  # proposals kept as drafted
@@ -129,18 +129,18 @@ def _draft_layers(
     generator: torch.Generator | None,
     stop: StopCheck | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
-    """-> proposals [B, T, d, n <= num_proposed], draft logits per proposed layer ([B, T, d, K] each).
+    """-> proposals [B, P, n, n <= num_proposed], draft logits per proposed layer ([B, P, n, V] each).
 
     The first forward feeds every decided layer the draft cache lacks; each later one feeds only
     the previous proposal. The last proposal is never fed (nothing would read its prediction).
     With `stop`, drafting ends at the first proposal after which `stop` holds for codes + proposals."""
     fed = cache.num_blocks
-    logits = draft.extend(codes[..., fed:], fed + 1, cache)[:, -1]  # [B, T, d, K] for layer m+1
+    logits = draft.extend(codes[..., fed:], fed + 1, cache)[:, -1]  # [B, P, n, V] for layer m+1
     layers, logits_per_layer = [], []
     for i in range(num_proposed):
         if i:
             logits = draft.extend(layers[-1].unsqueeze(-1), codes.shape[-1] + i, cache)[:, 0]
-        layers.append(choose_codes(logits, temperature, generator))  # [B, T, d]
+        layers.append(choose_codes(logits, temperature, generator))  # [B, P, n]
         logits_per_layer.append(logits)
         if stop is not None and i + 1 < num_proposed and stop(torch.cat([codes, torch.stack(layers, -1)], -1)):
             break
@@ -157,7 +157,7 @@ def _accept_run(
     stats: ChunkStats,
 ) -> tuple[list[Tensor], bool]:
     """Verify proposals in order; stop after the first layer some element rejects (already
-    corrected by the rule). Returns the decided layers ([B, T, d] each, >= 1 of them) and
+    corrected by the rule). Returns the decided layers ([B, P, n] each, >= 1 of them) and
     whether every proposal passed for every element."""
     decided: list[Tensor] = []
     all_accepted = True
@@ -197,10 +197,10 @@ class ParallelHeadDraft:
         self.main = main
 
     def start(self, query_hidden: Tensor) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.main.parallel_logits(query_hidden), num_blocks=0)  # [B, L, T, d, K]
+        return SimpleNamespace(logits=self.main.parallel_logits(query_hidden), num_blocks=0)  # [B, L, P, n, V]
 
     def extend(self, codes: Tensor, first_layer: int, cache: SimpleNamespace) -> Tensor:
-        """-> the head's logits [B, n, T, d, K] of layers first_layer+1..first_layer+n (codes are not read)."""
+        """-> the head's logits [B, n, P, n, V] of layers first_layer+1..first_layer+n (codes are not read)."""
         cache.num_blocks = first_layer - 1 + codes.shape[-1]
         return cache.logits[:, first_layer : first_layer + codes.shape[-1]]
 

@@ -51,6 +51,10 @@ class OfflineConfig:
     latent_dim: int = 4
     num_layers: int = 4
     num_levels: int = 7
+    positions: int | None = None
+    """Token positions per layer block (None: one per step); the token layout with latent_dim and group."""
+    group: int = 1
+    """Latent scalars per token (a token is one of num_levels**group codes)."""
     modes: list[str] = field(default_factory=lambda: ["l1", "parallel", "ar", "ar_sampled", "speculative_sampled"])
     """ar_sampled: ar at `temperature`; speculative_sampled: self-speculation with the `sampling` rule."""
 
@@ -81,13 +85,14 @@ def _observation(batch_size: int) -> dict:
 def train_models(cfg: OfflineConfig) -> tuple[ActionRFSQAE, object, torch.Tensor]:
     """-> (tokenizer, main model, the training chunks), both trained from scratch on the bimodal chunks."""
     from rsd_pl.models.backbone import BackboneConfig
-    from rsd_pl.models.main_model import MainModel, MainModelConfig
+    from rsd_pl.models.main_model import MainModel, MainModelConfig, token_losses
 
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     chunks, _ = bimodal_chunks(cfg, generator)
-    tokenizer = ActionRFSQAE(action_dim=7, chunk_len=cfg.chunk_len, latent_dim=cfg.latent_dim,
-                             num_layers=cfg.num_layers, num_levels=cfg.num_levels, hidden=64, num_hidden=2)
+    layout = dict(chunk_len=cfg.chunk_len, latent_dim=cfg.latent_dim, num_layers=cfg.num_layers,
+                  num_levels=cfg.num_levels, positions=cfg.positions, group=cfg.group)
+    tokenizer = ActionRFSQAE(action_dim=7, hidden=64, num_hidden=2, **layout)
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=3e-3)
     for _ in range(cfg.tokenizer_steps):
         batch = chunks[torch.randint(len(chunks), (cfg.batch_size,), generator=generator)]
@@ -97,22 +102,17 @@ def train_models(cfg: OfflineConfig) -> tuple[ActionRFSQAE, object, torch.Tensor
         loss.backward()
         optimizer.step()
     tokenizer.eval().requires_grad_(False)
-    codes = tokenizer.tokenize(chunks)  # [N, T, d, L]
+    codes = tokenizer.tokenize(chunks)  # [N, P, n, L]
     sizes = dict(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64, hidden=64, layers=2, heads=4,
                  kv_heads=2, mlp=128)
     backbone = BackboneConfig(image_size=16, patch_size=8, num_cameras=1, use_object_pos=True, max_text_len=8,
                               extra=sizes)
-    main = MainModel(MainModelConfig(backbone=backbone, chunk_len=cfg.chunk_len, latent_dim=cfg.latent_dim,
-                                     num_layers=cfg.num_layers, num_levels=cfg.num_levels))
+    main = MainModel(MainModelConfig(backbone=backbone, **layout))
     optimizer = torch.optim.AdamW(main.parameters(), lr=2e-3)
     obs = _observation(cfg.batch_size)
     for _ in range(cfg.main_steps):
         pick = torch.randint(len(chunks), (cfg.batch_size,), generator=generator)
-        out = main(obs, codes[pick])
-        target = codes[pick].permute(0, 3, 1, 2).reshape(-1)  # as MainModule._losses
-        loss = (F.cross_entropy(out.layer_logits.reshape(-1, cfg.num_levels), target)
-                + F.cross_entropy(out.parallel_logits.reshape(-1, cfg.num_levels), target)
-                + F.l1_loss(out.l1_actions, chunks[pick]))
+        loss = sum(token_losses(main(obs, codes[pick]), codes[pick], chunks[pick]).values())  # as MainModule
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

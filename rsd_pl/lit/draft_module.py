@@ -37,7 +37,7 @@ class TeacherCache:
     def __init__(self, dataset) -> None:
         self.dataset = dataset  # the cache is valid for this dataset object only
         self.query: torch.Tensor | None = None  # [N, T, H_main]
-        self.logits: torch.Tensor | None = None  # [N, L-1, T, d, K]
+        self.logits: torch.Tensor | None = None  # [N, L-1, P, n, V]
         self.filled: torch.Tensor | None = None  # bool [N]
 
     def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -78,7 +78,7 @@ class DraftModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warmup steps.
         cache_teacher: Keep the frozen main model's outputs per sample on the training device after
-            their first forward (per sample: T x H_main + (L-1) x T x d x K values, about 30 KB for the
+            their first forward (per sample: T x H_main + (L-1) x P x n x K**g values, about 30 KB for the
             tiny presets in fp32, about 77 KB at 7B in bf16). Turn off when that does not fit.
     """
 
@@ -99,7 +99,8 @@ class DraftModule(L.LightningModule):
         cfg = main_model.cfg
         self.draft_cfg = DraftConfig(main_hidden=main_model.hidden_size, hidden=hidden, layers=layers, heads=heads,
                                      mlp=mlp, chunk_len=cfg.chunk_len, latent_dim=cfg.latent_dim,
-                                     num_layers=cfg.num_layers, num_levels=cfg.num_levels)
+                                     num_layers=cfg.num_layers, num_levels=cfg.num_levels,
+                                     positions=cfg.layout.positions, group=cfg.group)
         self.draft = DraftModel(self.draft_cfg)
         self.data_fingerprint: str | None = None
         self.val_metrics: dict[str, float] = {}
@@ -149,23 +150,23 @@ class DraftModule(L.LightningModule):
             return cached
         with torch.no_grad():
             main_out = self.main(batch, codes)
-        query, logits = main_out.query_hidden, main_out.layer_logits[:, 1:]  # (B, L-1, T, d, K) layers 2..L
+        query, logits = main_out.query_hidden, main_out.layer_logits[:, 1:]  # (B, L-1, P, n, V) layers 2..L
         if cache is not None:
             cache.store(index, query, logits)
         return query, logits
 
     def _forward(self, batch: dict, split: str):
-        codes = batch["codes"][..., : self.draft_cfg.num_layers]  # (B, T, d, L)
+        codes = batch["codes"][..., : self.draft_cfg.num_layers]  # (B, P, n, L)
         query, logits = self._teacher(batch, codes, split)
-        student = self.draft(query, codes)  # (B, L-1, T, d, K)
-        return logits.float(), student, codes.permute(0, 3, 1, 2)[:, 1:]  # targets (B, L-1, T, d)
+        student = self.draft(query, codes)  # (B, L-1, P, n, V)
+        return logits.float(), student, codes.permute(0, 3, 1, 2)[:, 1:]  # targets (B, L-1, P, n)
 
     def _losses(self, teacher, student, target):
-        temp, num_levels = self.hparams.temperature, self.draft_cfg.num_levels
-        log_q = F.log_softmax(student / temp, -1).reshape(-1, num_levels)
-        log_p = F.log_softmax(teacher / temp, -1).reshape(-1, num_levels)
+        temp, vocab = self.hparams.temperature, self.draft_cfg.layout.vocab_size  # one softmax per token
+        log_q = F.log_softmax(student / temp, -1).reshape(-1, vocab)
+        log_p = F.log_softmax(teacher / temp, -1).reshape(-1, vocab)
         kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * temp**2
-        ce = F.cross_entropy(student.reshape(-1, num_levels), target.reshape(-1))
+        ce = F.cross_entropy(student.reshape(-1, vocab), target.reshape(-1))
         return self.hparams.kl_weight * kl + self.hparams.ce_weight * ce, kl, ce
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -14,11 +14,10 @@ import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from rsd_pl.errors import RsdError
 from rsd_pl.lit.vla_data import TokenizerBundle
-from rsd_pl.models.main_model import MainModel, MainModelConfig
+from rsd_pl.models.main_model import MainModel, MainModelConfig, token_losses
 
 
 def check_tokenizer(cfg: MainModelConfig, tokenizer, spec: str) -> None:
@@ -28,6 +27,11 @@ def check_tokenizer(cfg: MainModelConfig, tokenizer, spec: str) -> None:
     for key, ours, theirs in pairs:
         if ours != theirs:
             raise RsdError(f"model.network.{key}={ours} but tokenizer {spec} has {key}={theirs}")
+    layout = getattr(tokenizer, "layout", None)
+    if layout is not None and layout != cfg.layout:
+        raise RsdError(f"model.network token layout ({cfg.layout.describe()}) differs from tokenizer {spec}'s "
+                       f"({layout.describe()}): set model.network.positions={layout.positions} and "
+                       f"group={layout.group}")
     if cfg.num_layers > tokenizer.num_layers:
         raise RsdError(f"model.network.num_layers={cfg.num_layers} but tokenizer {spec} has only "
                        f"{tokenizer.num_layers} layers")
@@ -46,17 +50,17 @@ def check_data_matches(backbone_cfg, datamodule) -> None:
 
 
 def layer_accuracy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """logits [B, L, T, d, K], codes [B, L, T, d] -> correct counts per layer [L]."""
+    """logits [B, L, P, n, V], codes [B, L, P, n] -> correct counts per layer [L]."""
     return (logits.argmax(-1) == codes).flatten(2).sum(-1).sum(0)
 
 
 @torch.no_grad()
 def greedy_ar_codes(model: MainModel, batch: dict) -> torch.Tensor:
-    """Greedy layer-by-layer decoding with the KV cache (the `ar` mode): -> codes [B, T, d, L]."""
+    """Greedy layer-by-layer decoding with the KV cache (the `ar` mode): -> codes [B, P, n, L]."""
     pre = model.prefill(batch)
-    codes = [pre.layer1_logits.argmax(-1)]  # L x (B, T, d)
+    codes = [pre.layer1_logits.argmax(-1)]  # L x (B, P, n)
     for layer in range(1, model.num_layers):
-        logits = model.extend(codes[-1].unsqueeze(-1), layer, pre.cache)  # (B, 1, T, d, K)
+        logits = model.extend(codes[-1].unsqueeze(-1), layer, pre.cache)  # (B, 1, P, n, V)
         codes.append(logits[:, 0].argmax(-1))
     return torch.stack(codes, dim=-1)
 
@@ -142,16 +146,12 @@ class MainModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------------
 
     def _losses(self, batch: dict):
-        codes = batch["codes"][..., : self.cfg.num_layers]  # (B, T, d, L)
+        codes = batch["codes"][..., : self.cfg.num_layers]  # (B, P, n, L)
         out = self.model(batch, codes)
-        target = codes.permute(0, 3, 1, 2)  # (B, L, T, d)
-        num_levels = self.cfg.num_levels
-        ce_ar = F.cross_entropy(out.layer_logits.reshape(-1, num_levels), target.reshape(-1))
-        ce_parallel = F.cross_entropy(out.parallel_logits.reshape(-1, num_levels), target.reshape(-1))
-        l1 = F.l1_loss(out.l1_actions, batch["actions"])
+        parts = token_losses(out, codes, batch["actions"])
         hp = self.hparams
-        loss = hp.ar_weight * ce_ar + hp.parallel_weight * ce_parallel + hp.l1_weight * l1
-        return loss, {"ce_ar": ce_ar, "ce_parallel": ce_parallel, "l1": l1}, out, target
+        loss = hp.ar_weight * parts["ce_ar"] + hp.parallel_weight * parts["ce_parallel"] + hp.l1_weight * parts["l1"]
+        return loss, parts, out, codes.permute(0, 3, 1, 2)  # targets (B, L, P, n)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, parts, _, _ = self._losses(batch)
@@ -174,7 +174,7 @@ class MainModule(L.LightningModule):
         num_layers = self.cfg.num_layers
         shapes = {"count": 1, "tokens": 1, "loss": 1, "acc_ar": num_layers, "acc_parallel": num_layers,
                   "l1_ar": 1, "l1_parallel": 1, "l1_regression": 1, "l1_tokenizer": 1,
-                  "code_counts": num_layers * self.cfg.num_levels}
+                  "code_counts": num_layers * self.model.vocab_size}
         self._sums = {k: torch.zeros(n, dtype=torch.float64, device=self.device) for k, n in shapes.items()}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -186,7 +186,7 @@ class MainModule(L.LightningModule):
         sums["loss"] += loss.double() * size
         sums["acc_ar"] += layer_accuracy(out.layer_logits, target)
         sums["acc_parallel"] += layer_accuracy(out.parallel_logits, target)
-        levels = self.cfg.num_levels
+        levels = self.model.vocab_size
         layer_offsets = torch.arange(self.cfg.num_layers, device=self.device) * levels
         flat = (batch["codes"][..., : self.cfg.num_layers] + layer_offsets).flatten()
         sums["code_counts"] += torch.bincount(flat, minlength=self.cfg.num_layers * levels).double()
@@ -218,12 +218,12 @@ class MainModule(L.LightningModule):
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "validate" and self.trainer.is_global_zero and self.val_metrics:
-            print(summary_table(self.val_metrics, self.cfg.num_layers, self.cfg.num_levels,
+            print(summary_table(self.val_metrics, self.cfg.num_layers, self.model.vocab_size,
                                 "validated checkpoint"))
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.val_metrics:
-            print(summary_table(self.val_metrics, self.cfg.num_layers, self.cfg.num_levels,
+            print(summary_table(self.val_metrics, self.cfg.num_layers, self.model.vocab_size,
                                 "last validation of the fit"))
 
     # ---- export ---------------------------------------------------------------------------------
@@ -243,9 +243,9 @@ class MainModule(L.LightningModule):
         }
 
 
-def summary_table(metrics: dict[str, float], num_layers: int, num_levels: int, title: str) -> str:
+def summary_table(metrics: dict[str, float], num_layers: int, vocab_size: int, title: str) -> str:
     """Per layer: validation token accuracy of the AR heads and the parallel head; decoded-action L1."""
-    lines = [f"main model, validation ({title}); chance = {1 / num_levels:.3f} (K={num_levels}); "
+    lines = [f"main model, validation ({title}); chance = {1 / vocab_size:.3g} ({vocab_size} codes per token); "
              "majority = always the layer's most frequent code",
              f"{'layer':>6} {'ar_acc':>8} {'parallel_acc':>13} {'majority':>9}"]
     for layer in range(1, num_layers + 1):

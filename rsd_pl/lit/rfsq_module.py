@@ -1,8 +1,9 @@
 """`RFSQModule`: trains the phase-1 RFSQ action tokenizer (`ActionRFSQAE`) with quantise-dropout.
 
 Logged (TensorBoard): `train/loss`, `val/loss`, `val/mae_depth_m` and `val/mae_raw_depth_m` (prefix
-depth m = 1..L, normalised and raw env units), `val/perplexity_layer_l` (code usage per layer,
-at most K), `val/mae_uniform256` / `val/mae_raw_uniform256` (the 256-bin baseline on the same
+depth m = 1..L, normalised and raw env units), `val/perplexity_layer_l` and `val/codes_used_layer_l`
+(code usage of a token per layer: perplexity of the layer's code distribution, at most K**g, and how
+many of the K**g codes occur), `val/mae_uniform256` / `val/mae_raw_uniform256` (the 256-bin baseline on the same
 chunks) and a figure of original vs reconstructed chunks. At the end of fit a per-depth table is
 printed. `export_payload()` is what the checkpoint registry stores as `rfsq@<version>`.
 """
@@ -27,9 +28,12 @@ class RFSQModule(L.LightningModule):
     Args:
         action_dim: Action dims per step (D); LIBERO: 7.
         chunk_len: Steps per chunk (T); must equal the data's chunk_len.
-        latent_dim: Latent scalars per step (d).
+        latent_dim: Latent scalars per token position (d; per step when positions is unset).
         num_layers: Residual quantiser layers (L).
         num_levels: Levels per scalar and layer (K, odd).
+        positions: Token positions per layer block (P, divides T; unset: T, one per step). The latent
+            has P x d scalars.
+        group: Latent scalars per token (g, divides d): a token is one of K**g codes.
         hidden: Width of the encoder/decoder MLPs.
         num_hidden: Hidden layers in each of the encoder and decoder MLPs.
         lr: Peak AdamW learning rate (linear warm-up over 10% of the steps, then cosine decay).
@@ -41,7 +45,7 @@ class RFSQModule(L.LightningModule):
     """
 
     artifact_name = "rfsq"
-    monitor = "val/mae_depth_8"  # best checkpoint and rfsq@best: lowest full-depth reconstruction error
+    monitor = "val/mae_depth_8"  # best checkpoint and rfsq@best: lowest full-depth error (set per L in __init__)
     monitor_mode = "min"
     best_group_keys = ("data_fingerprint",)  # reconstruction error is comparable on the same data only
 
@@ -59,6 +63,8 @@ class RFSQModule(L.LightningModule):
         quantize_dropout: float = 0.5,
         loss: str = "l1",
         num_plot_chunks: int = 4,
+        positions: int | None = None,
+        group: int = 1,
     ) -> None:
         super().__init__()
         if loss not in ("l1", "mse"):
@@ -66,7 +72,9 @@ class RFSQModule(L.LightningModule):
         if not 0.0 <= quantize_dropout <= 1.0:
             raise RsdError(f"model.quantize_dropout must be in [0, 1], got {quantize_dropout}")
         self.save_hyperparameters()
-        self.ae = ActionRFSQAE(action_dim, chunk_len, latent_dim, num_layers, num_levels, hidden, num_hidden)
+        self.ae = ActionRFSQAE(action_dim, chunk_len, latent_dim, num_layers, num_levels, hidden, num_hidden,
+                               positions=positions, group=group)
+        self.monitor = f"val/mae_depth_{num_layers}"
         self.baseline = UniformBinTokenizer(NUM_BINS)
         self.normalizer_stats: dict | None = None  # from the datamodule; saved in checkpoints
         self.data_fingerprint: str | None = None
@@ -133,7 +141,7 @@ class RFSQModule(L.LightningModule):
     # ---- validation: per-depth error, code usage, the 256-bin baseline -------------------------
 
     def on_validation_epoch_start(self) -> None:
-        num_layers, num_levels = self.ae.num_layers, self.ae.num_levels
+        num_layers, vocab = self.ae.num_layers, self.ae.vocab_size
         shapes = {
             "count": (1,),  # scalars compared, B * T * D
             "loss": (1,),
@@ -141,13 +149,13 @@ class RFSQModule(L.LightningModule):
             "abs_err_raw": (num_layers,),  # per prefix depth, raw env units
             "abs_err_uniform": (1,),
             "abs_err_uniform_raw": (1,),
-            "code_counts": (num_layers, num_levels),
+            "code_counts": (num_layers, vocab),
         }
         self._val_sums = {k: torch.zeros(s, dtype=torch.float64, device=self.device) for k, s in shapes.items()}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         sums, normalizer = self._val_sums, self.normalizer
-        codes = self.ae.tokenize(batch)  # [B, T, d, L]
+        codes = self.ae.tokenize(batch)  # [B, P, n, L] token codes
         raw = normalizer.unnormalize(batch)  # [B, T, D]
         recons = [self.ae.decode_codes(codes[..., :m]) for m in range(1, self.ae.num_layers + 1)]
         for layer, recon in enumerate(recons):
@@ -158,8 +166,10 @@ class RFSQModule(L.LightningModule):
         uniform = self.baseline.detokenize(self.baseline.tokenize(batch))  # [B, T, D]
         sums["abs_err_uniform"] += (uniform - batch).abs().sum()
         sums["abs_err_uniform_raw"] += (normalizer.unnormalize(uniform) - raw).abs().sum()
-        layer_codes = codes.movedim(-1, 0).reshape(self.ae.num_layers, -1)  # [L, B*T*d]
-        sums["code_counts"] += torch.nn.functional.one_hot(layer_codes, self.ae.num_levels).sum(1)
+        layer_codes = codes.movedim(-1, 0).reshape(self.ae.num_layers, -1)  # [L, B*P*n]
+        offsets = torch.arange(self.ae.num_layers, device=codes.device).view(-1, 1) * self.ae.vocab_size
+        counts = torch.bincount((layer_codes + offsets).flatten(), minlength=self.ae.num_layers * self.ae.vocab_size)
+        sums["code_counts"] += counts.view(self.ae.num_layers, -1).double()
         if batch_idx == 0 and self.hparams.num_plot_chunks > 0:
             self._log_figure(raw, [normalizer.unnormalize(r) for r in recons])
 
@@ -171,19 +181,20 @@ class RFSQModule(L.LightningModule):
         for layer in range(self.ae.num_layers):
             metrics[f"mae_depth_{layer + 1}"] = sums["abs_err"][layer] / count
             metrics[f"mae_raw_depth_{layer + 1}"] = sums["abs_err_raw"][layer] / count
-        probs = sums["code_counts"] / sums["code_counts"].sum(-1, keepdim=True).clamp(min=1)  # [L, K]
+        probs = sums["code_counts"] / sums["code_counts"].sum(-1, keepdim=True).clamp(min=1)  # [L, V]
         entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)  # [L]
         for layer in range(self.ae.num_layers):
             metrics[f"perplexity_layer_{layer + 1}"] = entropy[layer].exp()
+            metrics[f"codes_used_layer_{layer + 1}"] = (sums["code_counts"][layer] > 0).sum().double()
         metrics["mae_uniform256"] = sums["abs_err_uniform"] / count
         metrics["mae_raw_uniform256"] = sums["abs_err_uniform_raw"] / count
         self.val_metrics = {f"val/{key}": float(value) for key, value in metrics.items()}
         for key, value in metrics.items():
-            self.log(f"val/{key}", value.float().squeeze(), prog_bar=key in ("loss", "mae_depth_8"))
+            self.log(f"val/{key}", value.float().squeeze(), prog_bar=key in ("loss", self.monitor[4:]))
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "validate" and self.trainer.is_global_zero and self.val_metrics:
-            print(depth_table(self.val_metrics, self.ae.num_layers, "validated checkpoint"))
+            print(depth_table(self.val_metrics, self.ae.num_layers, "validated checkpoint", self.ae.layout))
 
     def _log_figure(self, raw: torch.Tensor, recons_raw: list[torch.Tensor]) -> None:
         experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
@@ -196,7 +207,7 @@ class RFSQModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.val_metrics:
-            print(depth_table(self.val_metrics, self.ae.num_layers, "last validation of the fit"))
+            print(depth_table(self.val_metrics, self.ae.num_layers, "last validation of the fit", self.ae.layout))
 
     def export_payload(self) -> dict:
         """What the registry stores: AE weights, its config, validation metrics, lineage and stats."""
@@ -221,10 +232,11 @@ def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = 0.1, flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def depth_table(metrics: dict[str, float], num_layers: int, title: str) -> str:
+def depth_table(metrics: dict[str, float], num_layers: int, title: str, layout=None) -> str:
     """Per prefix depth: MAE in normalised and raw units, plus the 256-bin baseline, as text."""
     lines = [
-        f"RFSQ reconstruction MAE on validation chunks ({title})",
+        f"RFSQ reconstruction MAE on validation chunks ({title})"
+        + (f"; token layout: {layout.describe()}" if layout is not None else ""),
         f"{'depth':>10} {'normalised':>12} {'raw':>12}",
     ]
     for depth in range(1, num_layers + 1):
@@ -234,6 +246,10 @@ def depth_table(metrics: dict[str, float], num_layers: int, title: str) -> str:
     lines.append(f"{'uniform256':>10} {norm:>12.6f} {raw:>12.6f}")
     usage = " ".join(f"{metrics[f'val/perplexity_layer_{i}']:.2f}" for i in range(1, num_layers + 1))
     lines.append(f"code perplexity per layer: {usage}")
+    if all(f"val/codes_used_layer_{i}" in metrics for i in range(1, num_layers + 1)):
+        used = " ".join(f"{metrics[f'val/codes_used_layer_{i}']:.0f}" for i in range(1, num_layers + 1))
+        total = f" of {layout.vocab_size}" if layout is not None else ""
+        lines.append(f"codes used per layer{total}: {used}")
     return "\n".join(lines)
 
 

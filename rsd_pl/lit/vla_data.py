@@ -7,7 +7,7 @@ A batch is the observation dict of docs/contracts.md plus the targets:
     object_pos  float32 [B, 6]           only with use_object_pos
     instruction list[str]
     actions     float32 [B, T, D]        normalised with the tokenizer's ActionNormalizer
-    codes       int64   [B, T, d, L]     the frozen tokenizer's codes of `actions`
+    codes       int64   [B, P, n, L]     the frozen tokenizer's token codes of `actions` (in [0, K**g))
     index       int64   [B]              position of each sample in its split's dataset
 
 The tokenizer comes from the registry by name (`rfsq@best`); the concrete version it resolved to
@@ -54,7 +54,8 @@ class VLAChunkDataset(Dataset):
         self.actions = actions  # (N, T, D) normalised
         with torch.no_grad():
             codes = torch.cat([tokenizer.model.tokenize(part) for part in actions.split(4096)])
-        self.codes = codes.to(torch.uint8)  # (N, T, d, L), K <= 255 levels
+        small = tokenizer.model.vocab_size <= 256  # uint8 for one-scalar tokens; int16 holds up to MAX_VOCAB codes
+        self.codes = codes.to(torch.uint8 if small else torch.int16)  # (N, P, n, L) token codes
 
     def __len__(self) -> int:
         return len(self.index)

@@ -1,8 +1,9 @@
 """The draft model (DESIGN.md section 4): a small causal transformer over residual layers. Plain torch.
 
-Input: the main model's Q-block hidden states through a projection (H_main -> H_draft), plus the codes of
-the layers decided so far. Sequence: [Qp_1..Qp_T][C1_1..C1_T]...[Cm_1..Cm_T] with block-causal attention
-(a token sees every token of its own and earlier blocks); the output at Cl_t predicts layer l+1 of step t.
+Input: the main model's Q-block hidden states through a projection (H_main -> H_draft), plus the tokens of
+the layers decided so far. Sequence: [Qp_1..Qp_T][C1_1..C1_P]...[Cm_1..Cm_P] with block-causal attention
+(a token sees every token of its own and earlier blocks); the output at Cl_p predicts the layer-(l+1)
+tokens of position p, one K**g-way distribution per token (the main model's token layout).
 
 The draft keeps its own KV cache, mirroring the main model's `prefill` / `extend` / `crop_cache`:
 `start` projects the Q block once per chunk, each `extend` feeds only the new layer blocks, and the
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from rsd_pl.errors import RsdError
 from rsd_pl.models.heads import CodeBlockEmbedding, LayerHeads
+from rsd_pl.models.layout import TokenLayout
 
 
 @dataclass
@@ -38,6 +40,15 @@ class DraftConfig:
     latent_dim: int = 16
     num_layers: int = 8
     num_levels: int = 7
+    positions: int | None = None
+    """P: token positions per layer block (None = chunk_len), as the main model's."""
+    group: int = 1
+    """g: latent scalars per token, as the main model's."""
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout.of(self.chunk_len, self.latent_dim, self.num_levels, self.positions, self.group,
+                              where="draft ")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +64,7 @@ class DraftConfig:
 @dataclass
 class DraftCache:
     """Keys and values of every draft layer ([B, heads, S, head_dim] each) for the Q block and the
-    first `num_blocks` layer blocks: S = (1 + num_blocks) * T."""
+    first `num_blocks` layer blocks: S = T + num_blocks * P."""
 
     keys: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)
@@ -91,24 +102,26 @@ class DraftModel(nn.Module):
     def __init__(self, cfg: DraftConfig):
         super().__init__()
         self.cfg = cfg
+        self.layout = layout = cfg.layout
         self.chunk_len, self.num_layers = cfg.chunk_len, cfg.num_layers
+        self.positions = layout.positions
         self.proj = nn.Sequential(nn.LayerNorm(cfg.main_hidden), nn.Linear(cfg.main_hidden, cfg.hidden))
         self.query_embed = nn.Parameter(torch.randn(cfg.chunk_len, cfg.hidden) * 0.02)
-        self.code_embed = CodeBlockEmbedding(cfg.chunk_len, cfg.latent_dim, cfg.num_layers, cfg.num_levels,
-                                             cfg.hidden)
+        self.code_embed = CodeBlockEmbedding(layout, cfg.num_layers, cfg.hidden)
         self.blocks = nn.ModuleList(CachedBlock(cfg.hidden, cfg.heads, cfg.mlp) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden)
         # heads[j] predicts layer j+1 (1-based); heads for targets 2..L are used
-        self.heads = LayerHeads(cfg.latent_dim, cfg.num_layers, cfg.num_levels, cfg.hidden)
+        self.heads = LayerHeads(layout.tokens_per_position, cfg.num_layers, layout.vocab_size, cfg.hidden)
 
-    def _run(self, tokens: Tensor, cache: DraftCache, new_blocks: int) -> Tensor:
-        """Feed `new_blocks` blocks of T tokens after the cached ones; updates the cache in place."""
-        past_len = (cache.num_blocks + 1) * self.chunk_len if cache.keys else 0
+    def _run(self, tokens: Tensor, cache: DraftCache, block_sizes: list[int]) -> Tensor:
+        """Feed new blocks of the given sizes (the Q block: T, a layer block: P) after the cached ones;
+        updates the cache in place."""
+        past_len = self.chunk_len + cache.num_blocks * self.positions if cache.keys else 0
         allowed = None
-        if new_blocks > 1:  # block-causal among the new blocks; every cached token is visible
-            query_block = torch.arange(new_blocks * self.chunk_len, device=tokens.device) // self.chunk_len
-            key_block = torch.arange(past_len + new_blocks * self.chunk_len, device=tokens.device)
-            key_block = (key_block - past_len).div(self.chunk_len, rounding_mode="floor")
+        if len(block_sizes) > 1:  # block-causal among the new blocks; every cached token is visible
+            sizes = torch.tensor(block_sizes, device=tokens.device)
+            query_block = torch.repeat_interleave(torch.arange(len(block_sizes), device=tokens.device), sizes)
+            key_block = torch.cat([torch.full((past_len,), -1, device=tokens.device), query_block])
             allowed = key_block.view(1, -1) <= query_block.view(-1, 1)
         hidden, keys, values = tokens, [], []
         for i, block in enumerate(self.blocks):
@@ -129,23 +142,23 @@ class DraftModel(nn.Module):
         return DraftCache(pending_query=query)
 
     def extend(self, codes: Tensor, first_layer: int, cache: DraftCache) -> Tensor:
-        """Feed the blocks of layers first_layer..first_layer+n-1 (codes [B, T, d, n]) after the cached ones.
-
-        Returns logits [B, n, T, d, K] for layers first_layer+1..first_layer+n.
+        """Feed the blocks of layers first_layer..first_layer+n-1 (token codes [B, P, n_tok, n]) after the
+        cached ones. Returns logits [B, n, P, n_tok, V] for layers first_layer+1..first_layer+n.
         """
         num_new = codes.shape[-1]
         if first_layer != cache.num_blocks + 1:
             raise RsdError(f"draft: the cache holds layers 1..{cache.num_blocks}, cannot feed layer {first_layer}")
         if num_new < 1 or first_layer + num_new - 1 >= self.num_layers:
             raise RsdError(f"draft: needs 1..{self.num_layers - 1} known layers, got {first_layer + num_new - 1}")
-        tokens = self.code_embed(codes, first_layer)  # (B, n*T, Hd)
+        tokens = self.code_embed(codes, first_layer)  # (B, n*P, Hd)
         if cache.pending_query is None:
-            hidden = self._run(tokens, cache, new_blocks=num_new)
+            hidden = self._run(tokens, cache, [self.positions] * num_new)
         else:
-            hidden = self._run(torch.cat([cache.pending_query, tokens], dim=1), cache, new_blocks=1 + num_new)
+            hidden = self._run(torch.cat([cache.pending_query, tokens], dim=1), cache,
+                               [self.chunk_len] + [self.positions] * num_new)
             hidden, cache.pending_query = hidden[:, self.chunk_len :], None
         cache.num_blocks += num_new
-        return self.heads(hidden.unflatten(1, (num_new, self.chunk_len)), first_target=first_layer + 1)
+        return self.heads(hidden.unflatten(1, (num_new, self.positions)), first_target=first_layer + 1)
 
     def crop_cache(self, cache: DraftCache, num_blocks: int) -> None:
         """Keep the Q block and the first `num_blocks` layer blocks (in place)."""
@@ -153,13 +166,13 @@ class DraftModel(nn.Module):
             raise RsdError("draft crop_cache: nothing was fed yet")
         if not 0 <= num_blocks <= cache.num_blocks:
             raise ValueError(f"draft crop_cache: cache holds {cache.num_blocks} blocks, asked to keep {num_blocks}")
-        keep = (num_blocks + 1) * self.chunk_len
+        keep = self.chunk_len + num_blocks * self.positions
         cache.keys = [k[:, :, :keep] for k in cache.keys]
         cache.values = [v[:, :, :keep] for v in cache.values]
         cache.num_blocks = num_blocks
 
     def forward(self, query_hidden: Tensor, codes: Tensor) -> Tensor:
-        """Teacher forcing: codes [B, T, d, L] -> logits of layers 2..L [B, L-1, T, d, K]."""
+        """Teacher forcing: token codes [B, P, n, L] -> logits of layers 2..L [B, L-1, P, n, V]."""
         return self.extend(codes[..., : self.num_layers - 1], 1, self.start(query_hidden))
 
 

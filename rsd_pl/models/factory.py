@@ -14,9 +14,9 @@ from rsd_pl.errors import RsdError
 from rsd_pl.models.backbone import BackboneConfig, TinyVLM
 
 
-def build_backbone(cfg: BackboneConfig, block_len: int = 8) -> nn.Module:
-    """The backbone of cfg.kind; `block_len` (T) is the size of the blocks appended after the prefix
-    (the openvla backbone attends them block-causally)."""
+def build_backbone(cfg: BackboneConfig, block_len: int = 8, query_len: int | None = None) -> nn.Module:
+    """The backbone of cfg.kind; after the prefix come a query block of `query_len` (T, default
+    `block_len`) and layer blocks of `block_len` (P) tokens (the openvla backbone attends them block-causally)."""
     cfg.validate()
     if cfg.kind == "tiny":
         return TinyVLM(cfg)
@@ -25,4 +25,4 @@ def build_backbone(cfg: BackboneConfig, block_len: int = 8) -> nn.Module:
     dtype = getattr(torch, cfg.torch_dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise RsdError(f"backbone.torch_dtype={cfg.torch_dtype!r} is not a torch dtype")
-    return OpenVLABackbone(cfg, dtype, block_len)
+    return OpenVLABackbone(cfg, dtype, block_len, query_len=query_len)

@@ -1,10 +1,12 @@
 """RFSQ token heads on a VLA backbone (DESIGN.md section 3). Plain torch.
 
-Layout appended after the prefix (causal):  [Q_1..Q_T] [B1_1..B1_T] ... [B(L-1)_1..B(L-1)_T]
-- `QueryBlock`: learned queries Q_t; the output at Q_t predicts layer-1 codes of step t.
-- `CodeBlockEmbedding`: Bl_t = sum over the d latent dims of a code embedding (one table entry per
-  (layer, dim, level)) + layer embedding + step embedding; the output at Bl_t predicts layer l+1.
-- `LayerHeads`: one linear head per target layer (hidden -> d*K logits per step).
+Layout appended after the prefix (causal):  [Q_1..Q_T] [B1_1..B1_P] ... [B(L-1)_1..B(L-1)_P]
+(P token positions per layer block, n tokens per position, K**g codes per token: `rsd_pl.models.layout`;
+the original layout has P = T and one-scalar tokens)
+- `QueryBlock`: learned queries Q_t; the outputs of the T/P queries of position p predict its layer-1 tokens.
+- `CodeBlockEmbedding`: Bl_p = sum over the d latent scalars of a digit embedding (one table entry per
+  (layer, scalar, level)) + layer embedding + position embedding; the output at Bl_p predicts layer l+1.
+- `LayerHeads`: one linear head per target layer (hidden -> n*K**g logits per position).
 - `ParallelHead`: all L layers from the Q outputs in one pass.
 - `L1Head`: OFT-style regression of the normalised action chunk from the Q outputs.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rsd_pl.models.layout import TokenLayout
 
 
 class QueryBlock(nn.Module):
@@ -28,62 +32,78 @@ class QueryBlock(nn.Module):
 
 
 class CodeBlockEmbedding(nn.Module):
-    """Codes of layers first..first+n-1 -> n blocks of T embeddings each: [B, T, d, n] -> [B, n*T, H]."""
+    """Token codes of layers first..first+n-1 -> n blocks of P embeddings each: [B, P, n_tok, n] -> [B, n*P, H].
 
-    def __init__(self, chunk_len: int, latent_dim: int, num_layers: int, num_levels: int, hidden_size: int):
+    A position's embedding sums one table entry per latent scalar (layer, scalar, digit): a token of g
+    scalars is split into its g digits, so neighbouring codes share entries and the table stays
+    d x K per layer whatever the layout (g = 1: one entry per token, the original table).
+    """
+
+    def __init__(self, layout: TokenLayout, num_layers: int, hidden_size: int):
         super().__init__()
-        self.latent_dim, self.num_levels = latent_dim, num_levels
+        self.layout = layout
+        latent_dim, self.num_levels = layout.latent_dim, layout.num_levels
         self.num_blocks = num_layers - 1  # layer L's codes are never fed back
         std = 0.02 / latent_dim**0.5  # the sum of d entries then has std ~0.02
-        self.codes = nn.Parameter(torch.randn(self.num_blocks, latent_dim, num_levels, hidden_size) * std)
+        self.codes = nn.Parameter(torch.randn(self.num_blocks, latent_dim, layout.num_levels, hidden_size) * std)
         self.layer_embed = nn.Parameter(torch.randn(self.num_blocks, hidden_size) * 0.02)
-        self.step_embed = nn.Parameter(torch.randn(chunk_len, hidden_size) * 0.02)
+        self.step_embed = nn.Parameter(torch.randn(layout.positions, hidden_size) * 0.02)  # one per position
 
     def forward(self, codes: Tensor, first_layer: int) -> Tensor:
-        """codes int64 [B, T, d, n] of layers first_layer..first_layer+n-1 (1-based) -> [B, n*T, H]."""
+        """token codes int64 [B, P, n_tok, n] of layers first_layer..first_layer+n-1 (1-based) -> [B, n*P, H]."""
         num_new = codes.shape[-1]
         last = first_layer + num_new - 1
         if first_layer < 1 or last > self.num_blocks:
             raise ValueError(f"code blocks exist for layers 1..{self.num_blocks}, asked {first_layer}..{last}")
-        # sum over i of table[first_layer - 1 + j, i, codes[b, t, i, j]], as one embedding_bag over the
-        # flattened (layer, dim, level) table: one op instead of a gather and a sum (decoding calls it per step)
-        batch, steps, dims, _ = codes.shape
+        digits = self.layout.split(codes)  # (B, P, d, n)
+        # sum over i of table[first_layer - 1 + j, i, digits[b, p, i, j]], as one embedding_bag over the
+        # flattened (layer, scalar, level) table: one op instead of a gather and a sum (decoding calls it per step)
+        batch, positions, dims, _ = digits.shape
         layer_ids = torch.arange(first_layer - 1, last, device=codes.device).view(1, 1, 1, -1)
         dim_ids = torch.arange(dims, device=codes.device).view(1, 1, -1, 1)
-        flat = (layer_ids * dims + dim_ids) * self.num_levels + codes  # (B, T, d, n)
-        bags = flat.permute(0, 3, 1, 2).reshape(-1, dims)  # (B*n*T, d)
-        summed = F.embedding_bag(bags, self.codes.flatten(0, 2), mode="sum")  # (B*n*T, H)
-        blocks = summed.view(batch, num_new, steps, -1)  # (B, n, T, H)
+        flat = (layer_ids * dims + dim_ids) * self.num_levels + digits  # (B, P, d, n)
+        bags = flat.permute(0, 3, 1, 2).reshape(-1, dims)  # (B*n*P, d)
+        summed = F.embedding_bag(bags, self.codes.flatten(0, 2), mode="sum")  # (B*n*P, H)
+        blocks = summed.view(batch, num_new, positions, -1)  # (B, n, P, H)
         blocks = blocks + self.layer_embed[first_layer - 1 : last].view(1, num_new, 1, -1)
         blocks = blocks + self.step_embed.view(1, 1, *self.step_embed.shape)
-        return blocks.flatten(1, 2)  # (B, n*T, H)
+        return blocks.flatten(1, 2)  # (B, n*P, H)
 
 
 class LayerHeads(nn.Module):
-    """One linear head per target layer: hidden of block (target-1) -> logits of layer target."""
+    """One linear head per target layer: hidden of block (target-1) -> logits of layer target, one
+    K**g-way softmax per token. The head of layer 1 reads the query outputs of a position
+    (`first_input` wide: T / P query outputs concatenated); the others read one block position."""
 
-    def __init__(self, latent_dim: int, num_layers: int, num_levels: int, hidden_size: int):
+    def __init__(self, tokens_per_position: int, num_layers: int, vocab_size: int, hidden_size: int,
+                 first_input: int | None = None):
         super().__init__()
-        self.latent_dim, self.num_levels = latent_dim, num_levels
-        self.heads = nn.ModuleList(nn.Linear(hidden_size, latent_dim * num_levels) for _ in range(num_layers))
+        self.tokens_per_position, self.vocab_size = tokens_per_position, vocab_size
+        widths = [first_input or hidden_size] + [hidden_size] * (num_layers - 1)
+        self.heads = nn.ModuleList(nn.Linear(width, tokens_per_position * vocab_size) for width in widths)
 
     def forward(self, hidden: Tensor, first_target: int) -> Tensor:
-        """hidden [B, n, T, H] for targets first_target..first_target+n-1 (1-based) -> [B, n, T, d, K]."""
-        logits = [self.heads[first_target - 1 + j](hidden[:, j]) for j in range(hidden.shape[1])]  # n x (B, T, d*K)
-        return torch.stack(logits, dim=1).unflatten(-1, (self.latent_dim, self.num_levels))  # (B, n, T, d, K)
+        """hidden [B, n, P, H] for targets first_target..first_target+n-1 (1-based) -> [B, n, P, n_tok, V]."""
+        logits = [self.heads[first_target - 1 + j](hidden[:, j]) for j in range(hidden.shape[1])]  # n x (B, P, n_tok*V)
+        return torch.stack(logits, dim=1).unflatten(-1, (self.tokens_per_position, self.vocab_size))
 
 
 class ParallelHead(nn.Module):
-    """All L layers from the Q outputs: [B, T, H] -> [B, L, T, d, K]."""
+    """All L layers from the query outputs of each position: [B, P, r*H] -> [B, L, P, n_tok, V]."""
 
-    def __init__(self, latent_dim: int, num_layers: int, num_levels: int, hidden_size: int):
+    def __init__(self, tokens_per_position: int, num_layers: int, vocab_size: int, input_size: int):
         super().__init__()
-        self.shape = (num_layers, latent_dim, num_levels)
-        self.proj = nn.Linear(hidden_size, num_layers * latent_dim * num_levels)
+        self.shape = (num_layers, tokens_per_position, vocab_size)
+        self.proj = nn.Linear(input_size, num_layers * tokens_per_position * vocab_size)
 
-    def forward(self, query_hidden: Tensor) -> Tensor:
-        logits = self.proj(query_hidden).unflatten(-1, self.shape)  # (B, T, L, d, K)
-        return logits.transpose(1, 2)  # (B, L, T, d, K)
+    def forward(self, position_hidden: Tensor) -> Tensor:
+        logits = self.proj(position_hidden).unflatten(-1, self.shape)  # (B, P, L, n_tok, V)
+        return logits.transpose(1, 2)  # (B, L, P, n_tok, V)
+
+
+def group_queries(query_hidden: Tensor, positions: int) -> Tensor:
+    """Query outputs [B, T, H] -> per token position [B, P, (T/P)*H]: consecutive steps concatenated."""
+    return query_hidden.reshape(query_hidden.shape[0], positions, -1)
 
 
 class L1Head(nn.Module):

@@ -1,8 +1,9 @@
 """The RFSQ action tokenizer: an autoencoder over action chunks with a residual finite scalar quantiser.
 
-    actions [B, T, D] --encoder--> z [B, T, d] in (-1, 1)
-      --residual FSQ, L layers of K levels--> codes int64 [B, T, d, L] in [0, K)
-      --dequantise any prefix m--> z_m [B, T, d] --decoder--> actions [B, T, D]
+    actions [B, T, D] --encoder--> z [B, P, d] in (-1, 1)
+      --residual FSQ, L layers of K levels--> digits [B, P, d, L] in [0, K)
+      --token layout: g digits per token--> codes int64 [B, P, n, L] in [0, K**g), n = d / g
+      --dequantise any prefix m--> z_m [B, P, d] --decoder--> actions [B, T, D]
 
 Quantiser. Every latent scalar is quantised on its own (finite scalar quantisation), layer by
 layer: layer l rounds the residual left by layers < l to K evenly spaced levels spanning
@@ -11,9 +12,11 @@ layer: layer l rounds the residual left by layers < l to K evenly spaced levels 
 a base-(K-1) expansion of z with digits in {-(K-1)/2 .. (K-1)/2}. After L = 8 layers of K = 7 the
 latent is known to 6**-8 / 2 ~ 1e-7.
 
-Why per scalar: a library FSQ with `levels=[7] * 16` treats the 16 latent dims as one code from
-an implicit codebook of 7**16 ~ 3.3e13 entries (no head can predict that). Here a code is one of
-K = 7 values for one scalar, and a chunk is T x d x L = 8 x 16 x 8 = 1024 such codes.
+Tokens (`rsd_pl.models.layout`): the latent has N = P x d scalars (P positions, d per position) and
+a token joins the digits of g scalars into one code of K**g. The original layout is P = T = 8,
+d = 16, g = 1: a layer is 128 one-scalar tokens of 7 codes. A library FSQ with `levels=[7] * 16`
+would join all 16 scalars of a step (7**16 ~ 3.3e13 codes: no head can predict that); grouped
+layouts join a few (4 scalars of K 7: 2,401 codes).
 
 Any prefix decodes (`decode_codes(codes[..., :m])`); training with quantise-dropout (a random
 prefix depth per sample, `sample_depths`) makes the coarse prefixes good on their own.
@@ -32,6 +35,7 @@ from torch import nn
 
 from rsd_pl.data.normalize import ActionNormalizer
 from rsd_pl.errors import RsdError
+from rsd_pl.models.layout import TokenLayout
 
 if TYPE_CHECKING:
     from rsd_pl.registry import Artifact, Registry
@@ -122,9 +126,11 @@ class SkipMLP(nn.Module):
 class ActionRFSQAE(nn.Module):
     """Action chunk autoencoder with a residual FSQ bottleneck (the phase-1 tokenizer).
 
-    The encoder and decoder are MLPs over the whole flattened chunk (T x D in, T x d out), so a
-    step's latent can use its neighbours: smooth chunks compress well. Actions are in normalised
-    units (see `ActionNormalizer`). About 0.1M parameters at the defaults.
+    The encoder and decoder are MLPs over the whole flattened chunk (T x D in, P x d out), so a
+    latent scalar can use every step: smooth chunks compress well. Actions are in normalised
+    units (see `ActionNormalizer`). About 0.1M parameters at the defaults. `positions` (P, default
+    T) and `group` (g, default 1) set the token layout; without them the layout is the original one,
+    so configs written before they existed load unchanged.
     """
 
     def __init__(
@@ -136,23 +142,31 @@ class ActionRFSQAE(nn.Module):
         num_levels: int = 7,
         hidden: int = 160,
         num_hidden: int = 2,
+        positions: int | None = None,
+        group: int = 1,
     ) -> None:
         super().__init__()
+        self.layout = TokenLayout.of(chunk_len, latent_dim, num_levels, positions, group, where="tokenizer ")
         self.action_dim = action_dim
         self.chunk_len = chunk_len
         self.latent_dim = latent_dim
         self.num_layers = num_layers
         self.num_levels = num_levels
+        self.positions = self.layout.positions
+        self.group = group
+        self.tokens_per_position = self.layout.tokens_per_position
+        self.vocab_size = self.layout.vocab_size
         self.hidden = hidden
         self.num_hidden = num_hidden
-        self.encoder = SkipMLP(chunk_len * action_dim, hidden, chunk_len * latent_dim, num_hidden)
-        self.decoder = SkipMLP(chunk_len * latent_dim, hidden, chunk_len * action_dim, num_hidden)
+        self.encoder = SkipMLP(chunk_len * action_dim, hidden, self.layout.latent_size, num_hidden)
+        self.decoder = SkipMLP(self.layout.latent_size, hidden, chunk_len * action_dim, num_hidden)
         self.quantizer = ResidualFSQ(num_layers, num_levels)
 
     @property
     def config(self) -> dict[str, int]:
         """The constructor arguments: `ActionRFSQAE(**model.config)` rebuilds the architecture."""
-        names = ("action_dim", "chunk_len", "latent_dim", "num_layers", "num_levels", "hidden", "num_hidden")
+        names = ("action_dim", "chunk_len", "latent_dim", "num_layers", "num_levels", "hidden", "num_hidden",
+                 "positions", "group")
         return {name: getattr(self, name) for name in names}
 
     def num_parameters(self) -> int:
@@ -164,38 +178,42 @@ class ActionRFSQAE(nn.Module):
             raise ValueError(f"actions must be [B, {expected[0]}, {expected[1]}], got {list(actions.shape)}")
 
     def _check_codes(self, codes: torch.Tensor) -> None:
-        expected = (self.chunk_len, self.latent_dim)
+        expected = (self.positions, self.tokens_per_position)
         if codes.dim() != 4 or tuple(codes.shape[1:3]) != expected:
-            raise ValueError(f"codes must be [B, {expected[0]}, {expected[1]}, m], got {list(codes.shape)}")
+            raise ValueError(f"codes must be [B, P={expected[0]}, n={expected[1]}, m], got {list(codes.shape)}")
         if not 1 <= codes.shape[-1] <= self.num_layers:
             raise ValueError(f"codes have {codes.shape[-1]} layers, expected 1..{self.num_layers}")
-        if codes.dtype.is_floating_point or codes.min() < 0 or codes.max() >= self.num_levels:
-            raise ValueError(f"codes must be integers in [0, {self.num_levels})")
+        if codes.dtype.is_floating_point or codes.min() < 0 or codes.max() >= self.vocab_size:
+            raise ValueError(f"codes must be integers in [0, {self.vocab_size})")
 
     def encode(self, actions: torch.Tensor) -> torch.Tensor:
-        """actions [B, T, D] (normalised) -> z [B, T, d] in (-1, 1)."""
+        """actions [B, T, D] (normalised) -> z [B, P, d] in (-1, 1)."""
         self._check_actions(actions)
         batch = actions.shape[0]
-        z = self.encoder(actions.reshape(batch, -1))  # [B, T*d]
-        return torch.tanh(z).view(batch, self.chunk_len, self.latent_dim)  # [B, T, d]
+        z = self.encoder(actions.reshape(batch, -1))  # [B, P*d]
+        return torch.tanh(z).view(batch, self.positions, self.latent_dim)  # [B, P, d]
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, T, d] -> codes int64 [B, T, d, L] in [0, K)."""
-        return self.quantizer.quantize(z)
+        """z [B, P, d] -> token codes int64 [B, P, n, L] in [0, K**g)."""
+        return self.layout.join(self.quantizer.quantize(z))
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """Token codes [B, P, n, m] -> z_m [B, P, d]: the sum of the first m layers."""
+        return self.quantizer.dequantize(self.layout.split(codes))
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, T, d] -> actions [B, T, D] (normalised units)."""
+        """z [B, P, d] -> actions [B, T, D] (normalised units)."""
         batch = z.shape[0]
         out = self.decoder(z.reshape(batch, -1))  # [B, T*D]
         return out.view(batch, self.chunk_len, self.action_dim)  # [B, T, D]
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, T, d, m] for any prefix m = 1..L -> actions [B, T, D] (normalised units)."""
+        """Token codes [B, P, n, m] for any prefix m = 1..L -> actions [B, T, D] (normalised units)."""
         self._check_codes(codes)
-        return self.decode_latent(self.quantizer.dequantize(codes))
+        return self.decode_latent(self.dequantize(codes))
 
     def tokenize(self, actions: torch.Tensor) -> torch.Tensor:
-        """actions [B, T, D] (normalised) -> codes int64 [B, T, d, L]."""
+        """actions [B, T, D] (normalised) -> token codes int64 [B, P, n, L]."""
         return self.quantize(self.encode(actions))
 
     def forward(
@@ -204,22 +222,22 @@ class ActionRFSQAE(nn.Module):
         num_layers: int | None = None,
         depths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """actions [B, T, D] -> (recon [B, T, D], codes [B, T, d, L]).
+        """actions [B, T, D] -> (recon [B, T, D], token codes [B, P, n, L]).
 
         The reconstruction uses the first `num_layers` layers (all by default), or per sample the
         first `depths[b]` layers when `depths [B]` is given (quantise-dropout in training).
         Gradients pass the rounding straight through to the encoder.
         """
-        z = self.encode(actions)  # [B, T, d]
-        codes = self.quantizer.quantize(z)  # [B, T, d, L]
+        z = self.encode(actions)  # [B, P, d]
+        digits = self.quantizer.quantize(z)  # [B, P, d, L]
         if depths is None:
             depth = self.num_layers if num_layers is None else num_layers
             depths = torch.full((z.shape[0],), depth, dtype=torch.long, device=z.device)
         if depths.min() < 1 or depths.max() > self.num_layers:
             raise ValueError(f"prefix depths must be in 1..{self.num_layers}, got {depths.tolist()}")
-        z_hard = self.quantizer.dequantize_depths(codes, depths)  # [B, T, d]
+        z_hard = self.quantizer.dequantize_depths(digits, depths)  # [B, P, d]
         z_q = z + (z_hard - z).detach()  # straight-through
-        return self.decode_latent(z_q), codes
+        return self.decode_latent(z_q), self.layout.join(digits)
 
 
 def sample_depths(

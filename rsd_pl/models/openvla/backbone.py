@@ -30,13 +30,20 @@ from rsd_pl.models.openvla.parts import OpenVLAParts, load_openvla_parts
 
 
 def block_causal_mask(prefix_len: int, block_len: int, past: int, new: int, batch: int,
-                      device: torch.device) -> Tensor:
+                      device: torch.device, query_len: int | None = None) -> Tensor:
     """bool [B, 1, new, past + new]: queries at positions past..past+new-1, keys 0..past+new-1.
-    A prefix query sees the prefix; a block query sees the prefix and every block up to its own."""
+    After the prefix come a first block of `query_len` tokens (default `block_len`), then blocks of
+    `block_len`. A prefix query sees the prefix; a block query sees the prefix and every block up to its own."""
+    first = block_len if query_len is None else query_len
     query = torch.arange(past, past + new, device=device).view(-1, 1)
     key = torch.arange(past + new, device=device).view(1, -1)
-    query_block = torch.where(query < prefix_len, -1, (query - prefix_len) // block_len)
-    key_block = torch.where(key < prefix_len, -1, (key - prefix_len) // block_len)
+
+    def block_of(position: Tensor) -> Tensor:
+        after = position - prefix_len - first
+        later = 1 + after.div(block_len, rounding_mode="floor")
+        return torch.where(position < prefix_len, -1, torch.where(after < 0, 0, later))
+
+    query_block, key_block = block_of(query), block_of(key)
     allowed = (key_block == -1) | ((query_block >= 0) & (key_block <= query_block))
     return allowed.view(1, 1, new, past + new).expand(batch, -1, -1, -1)
 
@@ -45,11 +52,13 @@ class OpenVLABackbone(nn.Module):
     """Native OpenVLA-OFT from `cfg.path` with LoRA on its language model; the backbone interface of
     `rsd_pl.models.backbone` (hidden_size, dtype, prefix_len, embed_prefix, run)."""
 
-    def __init__(self, cfg: BackboneConfig, dtype: torch.dtype, block_len: int, parts: OpenVLAParts | None = None):
-        """parts: an already loaded checkpoint (default: load cfg.path without OFT's action head)."""
+    def __init__(self, cfg: BackboneConfig, dtype: torch.dtype, block_len: int, parts: OpenVLAParts | None = None,
+                 query_len: int | None = None):
+        """parts: an already loaded checkpoint (default: load cfg.path without OFT's action head).
+        query_len: tokens of the query block after the prefix (default block_len); later blocks have block_len."""
         super().__init__()
         cfg.validate()
-        self.cfg, self.block_len = cfg, block_len
+        self.cfg, self.block_len, self.query_len = cfg, block_len, query_len
         if parts is None:
             parts = load_openvla_parts(check_openvla_dir(cfg.path), dtype, cfg.unnorm_key, need_head=False)
         vla = parts.vla
@@ -124,7 +133,7 @@ class OpenVLABackbone(nn.Module):
             cache = DynamicCache(config=self.core.language_model.config)
         past = cache.get_seq_length() if use_cache else 0
         mask = block_causal_mask(self.prefix_len, self.block_len, past, embeds.shape[1], embeds.shape[0],
-                                 embeds.device)
+                                 embeds.device, self.query_len)
         hidden = self.core.run(embeds.to(self.dtype), mask, cache if use_cache else None)
         return hidden, (cache if use_cache else None)
 
