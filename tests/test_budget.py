@@ -78,3 +78,22 @@ def test_cli_on_a_registry_and_synthetic_demos(tmp_path, capsys) -> None:
     assert np.isfinite(summary["break_even_acceptance"]["parallel"])
     assert "| layer 2 |" in out.with_suffix(".md").read_text() and "Break-even acceptance" in capsys.readouterr().out
     assert cli(["budget", "--data", str(demos), "--observations", "0"]) == 1
+
+
+def test_the_ceiling_prices_perfect_speculation_against_ar_exit() -> None:
+    """ar_exit stopping after D layers: prefill + (D-1) extends (+ stop checks); perfect speculation: prefill +
+    proposals + one verify of D blocks (at most L-1 exist). Decodes cost 0 here so the arithmetic is visible."""
+    assert budget.exit_depth([0.2, 0.01, 0.3], bound=0.05) == 3  # layer 3 moved the action by less than 0.05
+    assert budget.exit_depth([0.2, 0.1, 0.3], bound=0.05) == 4  # never: all L = 4 layers
+    costs = {"prefill": 10.0, "extend_1": 5.0, "extend_2": 6.0, "extend_3": 7.0, "decode": 0.0,
+             "draft_forward": 1.0, "parallel_head": 0.5}
+    assert budget.extend_cost(costs, 3, num_layers=4) == 7.0
+    rows = [{"contribution": [0.2, 0.1, 0.3]}]  # D = 4
+    top = budget.ceiling(rows, costs, exit_bound=0.05, num_layers=4)
+    assert top["ar_exit_ms"] == 10 + 3 * 5
+    assert top["parallel"]["perfect_ms"] == 10 + 0.5 + 7  # the verify carries blocks 1..3
+    assert top["draft"]["perfect_ms"] == 10 + 3 * 1.0 + 7
+    assert abs(top["parallel"]["speedup"] - 25 / 17.5) < 1e-9
+    costs["decode"] = 1.0  # a stop check decodes twice: ar_exit checks after layers 2..4, speculation as many
+    assert budget.ceiling(rows, costs, 0.05, 4)["ar_exit_ms"] == 25 + 3 * 2
+    assert budget.ceiling(rows, costs, 0.05, 4)["parallel"]["perfect_ms"] == 17.5 + 4 * 2

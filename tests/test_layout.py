@@ -23,7 +23,8 @@ MICRO = dict(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64,
              hidden=32, layers=2, heads=2, kv_heads=1, mlp=64)
 # 16 scalars in tokens of 4 (4 positions x 4 scalars, 1 token each), and 8 scalars in tokens of 2 at K 5
 # on 2 positions (2 tokens per position): both have fewer positions than steps.
-GROUPED = [dict(positions=4, latent_dim=4, group=4, num_levels=7), dict(positions=2, latent_dim=4, group=2, num_levels=5)]
+GROUPED = [dict(positions=4, latent_dim=4, group=4, num_levels=7),
+           dict(positions=2, latent_dim=4, group=2, num_levels=5)]
 
 
 def test_join_and_split_are_inverse_and_most_significant_first():

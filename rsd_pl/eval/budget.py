@@ -11,7 +11,11 @@ Per observation (batch 1), against greedy `ar`'s own codes:
   two = what a two-candidate verify would accept);
 - the break-even acceptance: a round that proposes layer m+1 saves one main extend when the proposal is accepted
   and costs the proposal plus a verify one block longer, so it pays only above
-  p* = (proposal + extend(2 blocks) - extend(1 block)) / extend(1 block).
+  p* = (proposal + extend(2 blocks) - extend(1 block)) / extend(1 block);
+- the ceiling: the speedup over `ar_exit` (at --exit_bound) that speculation with early exit would reach if every
+  proposal were accepted, per proposer. ar_exit stopping after D layers costs prefill + (D-1) extends + its
+  stop checks; perfect speculation costs prefill + the proposals + one verify of D blocks + the same checks.
+  Extends of k blocks are interpolated between the measured 1, 2 and L-1 blocks.
 Hand-written: no library measures this. Observations are demo frames (open loop), not rollout frames.
 
 Imports: eval.session (models as eval loads them), lit.vla_data (observations from the demos); no LIBERO.
@@ -45,12 +49,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "validation episodes of the main model's split are used")
     parser.add_argument("--observations", type=int, default=150, help="observations, spread over the val set")
     parser.add_argument("--tau", type=float, default=0.05, help="relaxed acceptance bound (normalised units)")
+    parser.add_argument("--exit_bound", type=float, default=0.05,
+                        help="ar_exit's bound (normalised units), for the ceiling: ar_exit stops once a layer "
+                             "moves the action by less")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="runs/budget/budget.json")
     args = parser.parse_args(argv)
-    if args.observations < 1 or args.tau < 0 or args.threads < 1:
+    if args.observations < 1 or args.tau < 0 or args.threads < 1 or args.exit_bound <= 0:
         raise RsdError(f"--observations={args.observations} and --threads={args.threads} must be >= 1, "
-                       f"--tau={args.tau} >= 0")
+                       f"--tau={args.tau} >= 0, --exit_bound={args.exit_bound} > 0")
     return args
 
 
@@ -138,7 +145,37 @@ def measure(main, draft, tokenizer, batch: dict, tau: float, clock: Clock) -> di
     return row
 
 
-def summarise(rows: list[dict], costs: dict[str, float], tau: float, num_layers: int) -> dict:
+def exit_depth(contribution: list[float], bound: float) -> int:
+    """The depth ar_exit stops at: the first m >= 2 whose layer m moved the action by less than `bound`, else L
+    (contribution[i] is layer i + 2's)."""
+    return next((i + 2 for i, moved in enumerate(contribution) if moved < bound), len(contribution) + 1)
+
+
+def extend_cost(costs: dict[str, float], blocks: int, num_layers: int) -> float:
+    """ms of one main extend over `blocks` blocks: measured at 1, 2 and L-1 blocks, linear in between."""
+    known = sorted({1: costs["extend_1"], 2: costs["extend_2"],
+                    num_layers - 1: costs[f"extend_{num_layers - 1}"]}.items())
+    xs, ys = zip(*known, strict=True)
+    return float(np.interp(blocks, xs, ys))
+
+
+def ceiling(rows: list[dict], costs: dict[str, float], exit_bound: float, num_layers: int) -> dict:
+    """Per proposer: mean ar_exit cost / mean cost of speculation with every proposal accepted (same exit depth)."""
+    depths = [exit_depth(r["contribution"], exit_bound) for r in rows]
+    check = 2 * costs["decode"]  # a stop check decodes with and without the last layer
+    ar_exit = [costs["prefill"] + (d - 1) * (costs["extend_1"] + check) for d in depths]
+    proposal = {"draft": lambda d: (d - 1) * costs["draft_forward"], "parallel": lambda d: costs["parallel_head"]}
+    result = {"exit_bound": exit_bound, "exit_depth_mean": float(np.mean(depths)),
+              "ar_exit_ms": float(np.mean(ar_exit))}
+    for name, cost in proposal.items():
+        perfect = [costs["prefill"] + cost(d) + extend_cost(costs, min(d, num_layers - 1), num_layers)
+                   + d * check for d in depths]  # checks: after each of the D-1 proposals and after the round
+        result[name] = {"perfect_ms": float(np.mean(perfect)), "speedup": float(np.mean(ar_exit) / np.mean(perfect))}
+    return result
+
+
+def summarise(rows: list[dict], costs: dict[str, float], tau: float, num_layers: int,
+              exit_bound: float = 0.05) -> dict:
     def stat(values: list[float]) -> dict[str, float]:
         return {"p50": float(np.median(values)), "p95": float(np.percentile(values, 95))}
 
@@ -157,7 +194,8 @@ def summarise(rows: list[dict], costs: dict[str, float], tau: float, num_layers:
     break_even = {name: (costs[proposal] + step) / costs["extend_1"]
                   for name, proposal in (("draft", "draft_forward"), ("parallel", "parallel_head"))}
     return {"observations": len(rows), "tau": tau, "costs_ms_p50": costs, "layers": layers,
-            "truncation": truncation, "break_even_acceptance": break_even}
+            "truncation": truncation, "break_even_acceptance": break_even,
+            "ceiling": ceiling(rows, costs, exit_bound, num_layers)}
 
 
 def markdown(summary: dict) -> str:
@@ -176,6 +214,11 @@ def markdown(summary: dict) -> str:
         f"{d} {v['p50']:.4f} / {v['p95']:.4f}" for d, v in summary["truncation"].items()), "",
         "Break-even acceptance of a proposed layer (proposal + one more verify block vs one main extend): " +
         ", ".join(f"{k} {v:.0%}" for k, v in summary["break_even_acceptance"].items())]
+    if "ceiling" in summary:
+        top = summary["ceiling"]
+        lines += ["", f"Ceiling over ar_exit (exit bound {top['exit_bound']:g}, mean exit depth "
+                  f"{top['exit_depth_mean']:.2f}, ar_exit {top['ar_exit_ms']:.2f} ms): every proposal accepted, "
+                  + ", ".join(f"{p} {top[p]['speedup']:.2f}x ({top[p]['perfect_ms']:.2f} ms)" for p in PROPOSERS)]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +230,7 @@ def main(argv: list[str]) -> int:
         rows.append(measure(main_model, draft, tokenizer, batch, args.tau, clock))
     costs = clock.p50_ms()
     costs.pop("draft_prefix", None)  # the draft fed several blocks at once: not a per-layer cost
-    summary = summarise(rows, costs, args.tau, main_model.num_layers)
+    summary = summarise(rows, costs, args.tau, main_model.num_layers, args.exit_bound)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps(summary, indent=2))

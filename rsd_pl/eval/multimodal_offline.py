@@ -55,6 +55,8 @@ class OfflineConfig:
     """Token positions per layer block (None: one per step); the token layout with latent_dim and group."""
     group: int = 1
     """Latent scalars per token (a token is one of num_levels**group codes)."""
+    out: str | None = None
+    """Where the json goes (default runs/multimodal_offline/p<p_a>_steps<main_steps>.json)."""
     modes: list[str] = field(default_factory=lambda: ["l1", "parallel", "ar", "ar_sampled", "speculative_sampled"])
     """ar_sampled: ar at `temperature`; speculative_sampled: self-speculation with the `sampling` rule."""
 
@@ -175,7 +177,7 @@ def main(argv: list[str]) -> int:
     parsed = auto_cli(OfflineConfig, args=argv, as_positional=False, prog="python -m rsd_pl multimodal-offline")
     torch.set_num_threads(1)
     result = run(parsed)
-    out = Path("runs/multimodal_offline") / f"p{parsed.p_a:g}_steps{parsed.main_steps}.json"
+    out = Path(parsed.out or f"runs/multimodal_offline/p{parsed.p_a:g}_steps{parsed.main_steps}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps(result, indent=2))
     print(markdown(result) + f"\nwritten: {out}")
