@@ -4,7 +4,8 @@ Settings, both with 729 joint outcomes: "scalar" (T=1 step, d=2 one-scalar token
 L=3 layers: 3^6) and "grouped" (T=2 steps on P=1 position, one token of g=2 scalars, K=3: 9 codes per
 token, L=3: 9^3). The exact ar distribution is computed by enumeration (teacher-forced main forward on
 all 729 code tensors: P(c) = prod over layers and tokens of softmax(logits / temperature)[c]). One
-observation is repeated N times in one batch (float32); a chi-square goodness-of-fit test compares the engine's draws with it.
+observation is repeated N times in one batch (float32); a chi-square goodness-of-fit test compares the
+engine's draws with it.
 A negative control (a rule that keeps every draft code) must FAIL the same test: the test has power.
 """
 
