@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "per-layer information, proposal acceptance and forward costs: where speculation can pay"),
     "sweep": ("rsd_pl.eval.sweep", "main",
               "one resumable evaluation over a grid of decoding settings, with a trade-off plot"),
+    "layouts": ("rsd_pl.eval.layouts", "main",
+                "the token layouts of scripts/layouts.sh side by side: success, speed over ar_exit, coherence"),
     "benchmark-table": ("rsd_pl.eval.benchmark_table", "main",
                         "a suite's benchmark: every observation setting's eval report side by side"),
 }
