@@ -25,6 +25,7 @@ from typing import Any
 from rsd_pl.durable import atomic_file, atomic_write
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.episode_log import read_episodes
+from rsd_pl.eval.multimodal_offline import on_one_mode
 from rsd_pl.eval.report import _json_safe, mode_summary
 from rsd_pl.eval.stats import bootstrap_latency_ratio, pair_by_episode, paired_success_test, wilson_interval
 
@@ -147,12 +148,6 @@ def multimodal_figures(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def coherent(shares: dict[str, float], data_a: float) -> bool:
-    """The criterion: >= 90% of chunks on a mode, and A's frequency among them within 10 points of the data's."""
-    on_mode = shares["A"] + shares["B"]
-    return on_mode >= 0.9 and abs(shares["A"] / max(on_mode, 1e-9) - data_a) <= 0.10
-
-
 def collect(runs: Path, registry: Path) -> list[dict[str, Any]]:
     names = sorted({p.name for p in runs.iterdir() if p.is_dir()} | ({p.name for p in registry.iterdir()
                                                                         if p.is_dir()} if registry.is_dir() else set()))
@@ -246,7 +241,7 @@ def markdown(layouts: list[dict[str, Any]]) -> str:
         for p, entry in lay.get("multimodal", {}).items():
             cells = [f"{entry[m]['A']:.0%} / {entry[m]['B']:.0%} / {entry[m]['between']:.0%}" if m in entry else "-"
                      for m in SAMPLED]
-            met = all(coherent(entry[m], entry["data_a"]) for m in SAMPLED if m in entry)
+            met = all(on_one_mode(entry[m], entry["data_a"]) for m in SAMPLED if m in entry)
             lines.append(f"| {lay['name']} | {p} | {entry['data_a']:.0%} | {cells[0]} | {cells[1]} | "
                          f"{'yes' if met else 'no'} |")
     lines += ["", "![success, speedup over ar_exit and coherence per layout](layouts.png)"]

@@ -76,6 +76,13 @@ def classify(chunks: torch.Tensor, amplitude: float) -> list[str]:
     return ["A" if y > amplitude / 2 else "B" if y < -amplitude / 2 else "between" for y in mean_y.tolist()]
 
 
+def on_one_mode(shares: dict[str, float], data_a: float, min_on_mode: float = 0.9, tolerance: float = 0.10) -> bool:
+    """The coherence criterion: at least `min_on_mode` of the decoded chunks are one of the two modes, and mode A's
+    share among them is within `tolerance` of its share in the data (sampling, not collapsing onto a mode)."""
+    on_mode = shares["A"] + shares["B"]
+    return on_mode >= min_on_mode and abs(shares["A"] / max(on_mode, 1e-9) - data_a) <= tolerance
+
+
 def _observation(batch_size: int) -> dict:
     generator = torch.Generator().manual_seed(123)
     image = torch.rand(1, 1, 3, 16, 16, generator=generator)
