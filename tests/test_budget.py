@@ -81,8 +81,9 @@ def test_cli_on_a_registry_and_synthetic_demos(tmp_path, capsys) -> None:
 
 
 def test_the_ceiling_prices_perfect_speculation_against_ar_exit() -> None:
-    """ar_exit stopping after D layers: prefill + (D-1) extends (+ stop checks); perfect speculation: prefill +
-    proposals + one verify of D blocks (at most L-1 exist). Decodes cost 0 here so the arithmetic is visible."""
+    """ar_exit stopping after D layers: prefill + (D-1) extends (+ stop checks); perfect speculation reaches D in one
+    round: proposals of layers 2..D-1 + one verify of D-1 blocks, whose last prediction is the bonus layer D.
+    Decodes cost 0 first so the arithmetic is visible."""
     assert budget.exit_depth([0.2, 0.01, 0.3], bound=0.05) == 3  # layer 3 moved the action by less than 0.05
     assert budget.exit_depth([0.2, 0.1, 0.3], bound=0.05) == 4  # never: all L = 4 layers
     costs = {"prefill": 10.0, "extend_1": 5.0, "extend_2": 6.0, "extend_3": 7.0, "decode": 0.0,
@@ -91,9 +92,10 @@ def test_the_ceiling_prices_perfect_speculation_against_ar_exit() -> None:
     rows = [{"contribution": [0.2, 0.1, 0.3]}]  # D = 4
     top = budget.ceiling(rows, costs, exit_bound=0.05, num_layers=4)
     assert top["ar_exit_ms"] == 10 + 3 * 5
-    assert top["parallel"]["perfect_ms"] == 10 + 0.5 + 7  # the verify carries blocks 1..3
-    assert top["draft"]["perfect_ms"] == 10 + 3 * 1.0 + 7
-    assert abs(top["parallel"]["speedup"] - 25 / 17.5) < 1e-9
-    costs["decode"] = 1.0  # a stop check decodes twice: ar_exit checks after layers 2..4, speculation as many
-    assert budget.ceiling(rows, costs, 0.05, 4)["ar_exit_ms"] == 25 + 3 * 2
-    assert budget.ceiling(rows, costs, 0.05, 4)["parallel"]["perfect_ms"] == 17.5 + 4 * 2
+    assert top["draft"]["perfect_ms"] == 10 + 2 * 1.0 + 7  # layers 2, 3 proposed; blocks 1..3 verified; 4 the bonus
+    assert top["parallel"]["perfect_ms"] == 10 + 0.5 + 7
+    assert top["parallel"]["speedup"] == pytest.approx(25 / 17.5)
+    assert budget.perfect_round_cost(costs, 2, "draft", 4) == 10 + 5  # nothing to propose: ar's one extend
+    costs["decode"] = 1.0  # a stop check decodes twice: ar_exit checks after layers 2..4, speculation after the
+    assert budget.ceiling(rows, costs, 0.05, 4)["ar_exit_ms"] == 25 + 3 * 2  # round and after its 2nd proposal
+    assert budget.ceiling(rows, costs, 0.05, 4)["parallel"]["perfect_ms"] == 17.5 + 2 * 2

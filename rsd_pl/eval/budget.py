@@ -13,9 +13,10 @@ Per observation (batch 1), against greedy `ar`'s own codes:
   and costs the proposal plus a verify one block longer, so it pays only above
   p* = (proposal + extend(2 blocks) - extend(1 block)) / extend(1 block);
 - the ceiling: the speedup over `ar_exit` (at --exit_bound) that speculation with early exit would reach if every
-  proposal were accepted, per proposer. ar_exit stopping after D layers costs prefill + (D-1) extends + its
-  stop checks; perfect speculation costs prefill + the proposals + one verify of D blocks + the same checks.
-  Extends of k blocks are interpolated between the measured 1, 2 and L-1 blocks.
+  proposal were accepted, per proposer. ar_exit stopping after D layers costs prefill + (D-1) extends + D-1 stop
+  checks; perfect speculation reaches D in one round: prefill + proposals of layers 2..D-1 + one verify of D-1
+  blocks (its last prediction is the bonus layer D) + its stop checks (`perfect_round_cost`). Extends of k blocks
+  are interpolated between the measured 1, 2 and L-1 blocks.
 Hand-written: no library measures this. Observations are demo frames (open loop), not rollout frames.
 
 Imports: eval.session (models as eval loads them), lit.vla_data (observations from the demos); no LIBERO.
@@ -159,17 +160,31 @@ def extend_cost(costs: dict[str, float], blocks: int, num_layers: int) -> float:
     return float(np.interp(blocks, xs, ys))
 
 
-def ceiling(rows: list[dict], costs: dict[str, float], exit_bound: float, num_layers: int) -> dict:
-    """Per proposer: mean ar_exit cost / mean cost of speculation with every proposal accepted (same exit depth)."""
-    depths = [exit_depth(r["contribution"], exit_bound) for r in rows]
+def perfect_round_cost(costs: dict[str, float], depth: int, proposer: str, num_layers: int) -> float:
+    """ms of speculation reaching `depth` layers in one round with every proposal accepted: the proposals of
+    layers 2..D-1, one verify of blocks 1..D-1 whose last prediction is the bonus layer D, and the round's stop
+    check plus one per proposal after the first (the draft stops at the first proposal that passes it). At
+    D <= 2 nothing is worth proposing: the round is ar's single extend."""
     check = 2 * costs["decode"]  # a stop check decodes with and without the last layer
+    proposals = max(depth - 2, 0)
+    if proposer == "draft":
+        propose = proposals * costs["draft_forward"]
+    else:  # the parallel head's logits serve every layer: computed once, if anything is proposed
+        propose = costs["parallel_head"] if proposals else 0.0
+    verify = extend_cost(costs, min(max(depth - 1, 1), num_layers - 1), num_layers)
+    return costs["prefill"] + propose + verify + check * (1 + max(proposals - 1, 0))
+
+
+def ceiling(rows: list[dict], costs: dict[str, float], exit_bound: float, num_layers: int) -> dict:
+    """Per proposer: mean ar_exit cost / mean cost of speculation with every proposal accepted (same exit depth).
+    ar_exit stopping after D layers: prefill, D - 1 extends, a stop check after each of layers 2..D."""
+    depths = [exit_depth(r["contribution"], exit_bound) for r in rows]
+    check = 2 * costs["decode"]
     ar_exit = [costs["prefill"] + (d - 1) * (costs["extend_1"] + check) for d in depths]
-    proposal = {"draft": lambda d: (d - 1) * costs["draft_forward"], "parallel": lambda d: costs["parallel_head"]}
-    result = {"exit_bound": exit_bound, "exit_depth_mean": float(np.mean(depths)),
+    result = {"exit_bound": exit_bound, "exit_depth_mean": float(np.mean(depths)), "exit_depths": depths,
               "ar_exit_ms": float(np.mean(ar_exit))}
-    for name, cost in proposal.items():
-        perfect = [costs["prefill"] + cost(d) + extend_cost(costs, min(d, num_layers - 1), num_layers)
-                   + d * check for d in depths]  # checks: after each of the D-1 proposals and after the round
+    for name in PROPOSERS:
+        perfect = [perfect_round_cost(costs, d, name, num_layers) for d in depths]
         result[name] = {"perfect_ms": float(np.mean(perfect)), "speedup": float(np.mean(ar_exit) / np.mean(perfect))}
     return result
 
