@@ -201,3 +201,18 @@ def test_phase2_fingerprint_and_dropped_samples(noop_file):
     assert {int(s["frames"][0, 0, 0, 0]) for s in samples} == set(range(N))
     for s in samples:  # frame, proprio and object_pos of a sample come from the same step
         assert int(s["frames"][0, 0, 0, 0]) == int(s["proprio"][0]) == int(s["object_pos"][5]) - 2000
+
+
+def test_token_codes_above_255_are_kept_exactly(noop_file):
+    """Grouped layouts have up to 4,096 codes per token: the dataset's compact code store must hold them."""
+    from rsd_pl.models.rfsq import ActionRFSQAE
+
+    torch.manual_seed(0)
+    tokenizer = ActionRFSQAE(chunk_len=4, latent_dim=4, num_layers=3, positions=2, group=4, hidden=8, num_hidden=1)
+    data = VLADataModule(str(noop_file), chunk_len=4, val_fraction=0.34, use_object_pos=True)
+    normalizer = ActionNormalizer.fit(np.ones((4, 7)) * np.arange(4)[:, None], 7, source="test")
+    data.tokenizer = TokenizerBundle(tokenizer.eval(), normalizer, "rfsq@0")
+    data.setup("fit")
+    stored = torch.stack([data.train_set[i]["codes"] for i in range(len(data.train_set))])
+    expected = tokenizer.tokenize(data.train_set.actions)
+    assert int(expected.max()) > 255 and torch.equal(stored, expected)

@@ -54,7 +54,7 @@ class VLAChunkDataset(Dataset):
         self.actions = actions  # (N, T, D) normalised
         with torch.no_grad():
             codes = torch.cat([tokenizer.model.tokenize(part) for part in actions.split(4096)])
-        small = tokenizer.model.vocab_size <= 256  # uint8 for one-scalar tokens; int16 holds up to MAX_VOCAB codes
+        small = codes.numel() == 0 or int(codes.max()) < 256  # one-scalar tokens fit uint8; int16 holds MAX_VOCAB
         self.codes = codes.to(torch.uint8 if small else torch.int16)  # (N, P, n, L) token codes
 
     def __len__(self) -> int:
