@@ -47,8 +47,7 @@ class DraftConfig:
 
     @property
     def layout(self) -> TokenLayout:
-        return TokenLayout.of(self.chunk_len, self.latent_dim, self.num_levels, self.positions, self.group,
-                              where="draft ")
+        return TokenLayout.of_config(self, where="draft ")
 
     def to_dict(self) -> dict:
         return asdict(self)

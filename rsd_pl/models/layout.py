@@ -52,6 +52,12 @@ class TokenLayout:
         layout.validate(where)
         return layout
 
+    @classmethod
+    def of_config(cls, cfg, where: str = "") -> TokenLayout:
+        """The layout of a config object with chunk_len, latent_dim, num_levels, positions and group attributes
+        (MainModelConfig, DraftConfig)."""
+        return cls.of(cfg.chunk_len, cfg.latent_dim, cfg.num_levels, cfg.positions, cfg.group, where=where)
+
     def validate(self, where: str = "") -> None:
         for name in ("chunk_len", "latent_dim", "positions", "group"):
             value = getattr(self, name)

@@ -46,8 +46,7 @@ class MainModelConfig:
 
     @property
     def layout(self) -> TokenLayout:
-        return TokenLayout.of(self.chunk_len, self.latent_dim, self.num_levels, self.positions, self.group,
-                              where="model.network.")
+        return TokenLayout.of_config(self, where="model.network.")
 
     def to_dict(self) -> dict:
         return asdict(self)
