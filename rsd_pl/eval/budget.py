@@ -94,14 +94,20 @@ def main_tokenizer_spec(args: argparse.Namespace) -> str:
 
 
 class Clock:
-    """p50 wall time per named call."""
+    """p50 wall time per named call. `synchronize` (e.g. torch.cuda.synchronize) runs before each clock read, so
+    that asynchronous GPU work is charged to the call that launched it."""
 
-    def __init__(self) -> None:
+    def __init__(self, synchronize: Callable[[], object] | None = None) -> None:
         self.times: dict[str, list[float]] = {}
+        self.synchronize = synchronize
 
     def __call__(self, name: str, fn: Callable[[], object]) -> object:
+        if self.synchronize is not None:
+            self.synchronize()
         start = time.perf_counter()
         out = fn()
+        if self.synchronize is not None:
+            self.synchronize()
         self.times.setdefault(name, []).append(time.perf_counter() - start)
         return out
 
@@ -175,12 +181,24 @@ def perfect_round_cost(costs: dict[str, float], depth: int, proposer: str, num_l
     return costs["prefill"] + propose + verify + check * (1 + max(proposals - 1, 0))
 
 
+def ar_exit_cost(costs: dict[str, float], depth: int) -> float:
+    """ms of ar_exit stopping after `depth` layers: prefill, depth - 1 extends, a stop check after each of layers
+    2..D (a stop check decodes with and without the last layer)."""
+    return costs["prefill"] + (depth - 1) * (costs["extend_1"] + 2 * costs["decode"])
+
+
+def break_even_acceptance(costs: dict[str, float]) -> dict[str, float]:
+    """Per proposer: the acceptance above which proposing a layer pays, (proposal + extend_2 - extend_1) /
+    extend_1 (an accepted proposal saves one extend; every proposal costs itself and one more verify block)."""
+    step = costs["extend_2"] - costs["extend_1"]
+    return {name: (costs[proposal] + step) / costs["extend_1"]
+            for name, proposal in (("draft", "draft_forward"), ("parallel", "parallel_head"))}
+
+
 def ceiling(rows: list[dict], costs: dict[str, float], exit_bound: float, num_layers: int) -> dict:
-    """Per proposer: mean ar_exit cost / mean cost of speculation with every proposal accepted (same exit depth).
-    ar_exit stopping after D layers: prefill, D - 1 extends, a stop check after each of layers 2..D."""
+    """Per proposer: mean ar_exit cost / mean cost of speculation with every proposal accepted (same exit depth)."""
     depths = [exit_depth(r["contribution"], exit_bound) for r in rows]
-    check = 2 * costs["decode"]
-    ar_exit = [costs["prefill"] + (d - 1) * (costs["extend_1"] + check) for d in depths]
+    ar_exit = [ar_exit_cost(costs, d) for d in depths]
     result = {"exit_bound": exit_bound, "exit_depth_mean": float(np.mean(depths)), "exit_depths": depths,
               "ar_exit_ms": float(np.mean(ar_exit))}
     for name in PROPOSERS:
@@ -205,9 +223,7 @@ def summarise(rows: list[dict], costs: dict[str, float], tau: float, num_layers:
         entry["either_accepted_at_tau"] = float(np.mean([r["union_accepted"][i] for r in rows]))
         layers[f"layer {i + 2}"] = entry
     truncation = {f"depth {d + 1}": stat([r["truncation"][d] for r in rows]) for d in range(num_layers)}
-    step = costs["extend_2"] - costs["extend_1"]
-    break_even = {name: (costs[proposal] + step) / costs["extend_1"]
-                  for name, proposal in (("draft", "draft_forward"), ("parallel", "parallel_head"))}
+    break_even = break_even_acceptance(costs)
     return {"observations": len(rows), "tau": tau, "costs_ms_p50": costs, "layers": layers,
             "truncation": truncation, "break_even_acceptance": break_even,
             "ceiling": ceiling(rows, costs, exit_bound, num_layers)}
