@@ -5,13 +5,16 @@ backbone when CUDA is available; the native OpenVLA-OFT network from a checkpoin
 real size with random weights (`--openvla`); or trained models from the registry) the modes are run
 round-robin on the same observations, so machine noise hits all of them alike. Reports p50 / p95
 latency, main and draft forwards per chunk, acceptance, peak GPU memory, and the speedup of
-speculative over ar and over ar_exit (the strongest AR baseline).
+speculative over ar and over ar_exit (the strongest AR baseline). `--forward_costs N` adds `budget`'s forward
+costs on the same models (rsd_pl/eval/budget.py) and what follows from them: the break-even acceptance of a proposed
+layer and the ceiling of speculation over ar_exit per exit depth.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,16 +72,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--openvla", default=None, metavar="DIR|random",
                         help="the native OpenVLA-OFT: a local checkpoint directory, or 'random' (its real 7B "
                              "architecture, random bf16 weights, CUDA); RSD heads and draft are random")
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="--openvla: the network's dtype (auto: bfloat16 on CUDA, float32 on CPU; bfloat16 on a "
+                             "CPU runs the GPU's dtype path in a dry run)")
     parser.add_argument("--exit_bound", type=float, default=0.05, help="ar_exit: early-exit bound (normalised)")
     parser.add_argument("--main", default=None, help="registry spec of a trained main model (e.g. main@best)")
     parser.add_argument("--draft", default=None, help="registry spec of its draft (e.g. draft@best)")
     parser.add_argument("--tokenizer", default=None, help="registry spec (default: the main model's lineage)")
     parser.add_argument("--registry", "--registry_root", dest="registry", default="checkpoints",
                         help="registry folder of --main / --draft (fit calls it --registry_root)")
+    parser.add_argument("--forward_costs", type=int, default=0, metavar="N",
+                        help="also time each forward as `budget` does (prefill, extend with 1 / 2 / L-1 blocks, "
+                             "draft forward, parallel head) on N observations, with the break-even acceptance and "
+                             "the ceiling over ar_exit per exit depth (0: not measured)")
     parser.add_argument("--out", default="runs/bench/decoding.json")
     args = parser.parse_args(argv)
-    if args.chunks < 1 or args.warmup < 0:
-        raise RsdError(f"--chunks={args.chunks} must be >= 1 and --warmup={args.warmup} >= 0")
+    if args.chunks < 1 or args.warmup < 0 or args.forward_costs < 0:
+        raise RsdError(f"--chunks={args.chunks} must be >= 1, --warmup={args.warmup} and "
+                       f"--forward_costs={args.forward_costs} >= 0")
     if "oft" in args.modes and args.openvla is None:
         raise RsdError("--modes oft needs --openvla (OpenVLA-OFT's own checkpoint, or random)")
     if args.openvla is not None and args.main is not None:
@@ -133,14 +144,16 @@ def scale_7b_setting(device: torch.device) -> BenchSetting:
                         identity_normalizer(), weights="random", notes=notes)
 
 
-def openvla_setting(source: str, device: torch.device) -> BenchSetting:
+def openvla_setting(source: str, device: torch.device, dtype_name: str = "auto") -> BenchSetting:
     """The native OpenVLA-OFT (checkpoint directory or 'random' 7B) with random RSD heads and a 512-wide draft,
     no LoRA (as merged for deployment); `oft` runs OFT's own head on the same network (one copy of the weights).
-    bf16 on CUDA, float32 on CPU."""
+    `dtype_name` auto: bf16 on CUDA, float32 on CPU."""
     from rsd_pl.models.openvla.backbone import OpenVLABackbone
     from rsd_pl.models.openvla.parts import load_openvla_parts, random_openvla_parts
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -233,9 +246,36 @@ def run_setting(setting: BenchSetting, args: argparse.Namespace) -> dict:
             slow, spec = summaries[base], summaries["speculative"]
             result[f"speedup_speculative_over_{base}_p50"] = slow["latency_p50_ms"] / spec["latency_p50_ms"]
             result[f"speedup_speculative_over_{base}_mean"] = slow["latency_mean_ms"] / spec["latency_mean_ms"]
+    if args.forward_costs:
+        result["forward_costs"] = forward_costs(setting, args.forward_costs)
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    result["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     return result
+
+
+def forward_costs(setting: BenchSetting, observations: int) -> dict:
+    """`budget`'s forward costs (p50 ms over `observations` random observations) on the setting's models, and what
+    follows from them: the break-even acceptance of a proposed layer, and the ceiling of speculation over ar_exit
+    (every proposal accepted) at each exit depth D = 2..L. Per depth, because the exit depth of random weights
+    means nothing; the best possible speedup is the largest of them."""
+    from rsd_pl.eval import budget
+
+    main, device = setting.main, next(setting.main.parameters()).device
+    clock = budget.Clock(torch.cuda.synchronize if device.type == "cuda" else None)
+    for batch in observation_batches(main, observations, device):
+        budget.measure(main, setting.draft, setting.tokenizer, batch, 0.0, clock)
+    costs = clock.p50_ms()
+    costs.pop("draft_prefix", None)  # the draft fed several blocks at once: not a per-layer cost (as budget)
+    num_layers = main.num_layers
+    by_depth = {str(depth): {p: budget.ar_exit_cost(costs, depth) / budget.perfect_round_cost(costs, depth, p,
+                                                                                                num_layers)
+                             for p in budget.PROPOSERS}
+                for depth in range(2, num_layers + 1)}
+    return {"observations": observations, "costs_ms_p50": costs,
+            "break_even_acceptance": budget.break_even_acceptance(costs),
+            "ceiling_over_ar_exit_by_exit_depth": by_depth,
+            "ceiling_best": {p: max(c[p] for c in by_depth.values()) for p in budget.PROPOSERS}}
 
 
 def format_result(result: dict) -> str:
@@ -259,6 +299,8 @@ def format_result(result: dict) -> str:
                          f"{result[f'speedup_speculative_over_{base}_mean']:.2f}x (mean)")
     if "peak_memory_gib" in result:
         lines.append(f"   peak GPU memory: {result['peak_memory_gib']:.1f} GiB")
+    if "forward_costs" in result:
+        lines += format_forward_costs(result["forward_costs"])
     if "random" in result["weights"]:
         spec = result["modes"].get("speculative", {})
         rate = spec.get("acceptance_rate")
@@ -272,13 +314,24 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_forward_costs(costs: dict) -> list[str]:
+    ceiling = costs["ceiling_over_ar_exit_by_exit_depth"]
+    return [f"   forward costs, p50 ms over {costs['observations']} observations: "
+            + ", ".join(f"{name} {ms:.2f}" for name, ms in costs["costs_ms_p50"].items()),
+            "   break-even acceptance of a proposed layer: "
+            + ", ".join(f"{name} {rate:.1%}" for name, rate in costs["break_even_acceptance"].items()),
+            "   ceiling over ar_exit (every proposal accepted), draft / parallel head, by exit depth: "
+            + ", ".join(f"{depth}: {c['draft']:.2f}x / {c['parallel']:.2f}x" for depth, c in ceiling.items())]
+
+
 def settings_to_run(args: argparse.Namespace) -> list[tuple[str, Callable[[], BenchSetting]]]:
     """(name, builder) pairs; builders run one at a time so only one setting is in memory."""
     cuda = torch.cuda.is_available()
     if args.openvla is not None:
         if args.openvla == "random" and not cuda:
             raise RsdError("--openvla random builds the 7B network with random weights and needs CUDA")
-        return [("openvla", lambda: openvla_setting(args.openvla, torch.device("cuda" if cuda else "cpu")))]
+        device = torch.device("cuda" if cuda else "cpu")
+        return [("openvla", lambda: openvla_setting(args.openvla, device, args.dtype))]
     if args.main is not None:
         device = torch.device("cuda" if cuda else "cpu")
         return [("registry", lambda: registry_setting(args, device))]
