@@ -53,7 +53,8 @@ def test_append_resumes_and_drops_partial_demo(tmp_path):
     path = write_synthetic_demos(tmp_path / "d.hdf5", num_demos=2)
     with h5py.File(path, "a") as f:  # a crash mid-demo: group without num_samples
         f["data"].create_group("demo_2").create_dataset("actions", data=np.zeros((3, 7)))
-    assert len(read_episodes(path)) == 2  # the partial demo is never read as data
+    with pytest.raises(RsdError, match=r"d.hdf5:data/demo_2 has no num_samples attribute and lacks \['obs'\]"):
+        read_episodes(path)  # a partial demo is never read as data: refused, naming it (rerunning collect drops it)
     with DemoWriter(path, **{**HEADER, "env_name": "Synthetic", "bddl_file_name": "synthetic.bddl",
                              "env_args": {"image_size": 32}}) as writer:
         assert len(writer.existing_demos()) == 2

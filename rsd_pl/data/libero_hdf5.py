@@ -14,7 +14,11 @@ back with any tool that reads the official datasets:
     data/demo_i/obs/gripper_states (N, 2), joint_states (N, 7), ee_states (N, 6), ee_pos (N, 3), ee_ori (N, 3)
     data/demo_i/obs/object_pos (N, 6)  rsd_pl extra: privileged positions of the goal's object and target
 
-A demo group without `num_samples` is a partial write (a crash mid-demo) and is never read as data.
+`num_samples` is written last by rsd_pl's writer. OpenVLA-OFT's regenerated `*_no_noops.hdf5` files
+(`regenerate_libero_dataset.py`) write no `num_samples` and no `data` attributes at all: a demo without
+the attribute is read with the count its arrays agree on, and refused, naming the demo and the arrays,
+when they disagree (e.g. a partial write by an older writer). A file without `problem_info` takes its
+instruction from its name, by the rule of OFT's RLDS builder (`instruction_from_filename`).
 
 `read_episodes(..., drop_noops=True)` removes OpenVLA-OFT's no-op steps (see `noop_mask`) from every
 per-step array, as OFT's `regenerate_libero_dataset.py` does when it builds its `*_no_noops` datasets.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +91,61 @@ def _open(path: Path, mode: str = "r") -> h5py.File:
         raise RsdError(f"{path}: not a readable HDF5 file (corrupted or partial write?): {error}") from error
 
 
+def _demo_order(key: str) -> int:
+    return int(key.split("_", 1)[1])
+
+
 def _complete_demo_keys(data: h5py.Group) -> list[str]:
+    """Demos rsd_pl's writer finished (`num_samples` set): what the writer resumes from."""
     keys = [k for k in data.keys() if k.startswith("demo_") and "num_samples" in data[k].attrs]
-    return sorted(keys, key=lambda k: int(k.split("_", 1)[1]))
+    return sorted(keys, key=_demo_order)
+
+
+def _per_step_lengths(demo: h5py.Group) -> dict[str, int]:
+    """Length of every per-step array of a demo (actions, states, ..., obs/*), by name."""
+    lengths = {}
+    for name, item in demo.items():
+        if isinstance(item, h5py.Dataset) and item.ndim >= 1:
+            lengths[name] = len(item)
+        elif name == "obs" and isinstance(item, h5py.Group):
+            lengths.update({f"obs/{k}": len(v) for k, v in item.items() if isinstance(v, h5py.Dataset) and v.ndim})
+    return lengths
+
+
+def _readable_demo_keys(data: h5py.Group, path: Path) -> list[str]:
+    """Every demo to read: those with `num_samples`, and those without (OFT's regenerated files) whose
+    per-step arrays agree on one length. A demo without it whose arrays disagree (or that has no
+    actions or no obs) is refused, naming it."""
+    keys = sorted((k for k in data.keys() if k.startswith("demo_")), key=_demo_order)
+    for key in keys:
+        if "num_samples" in data[key].attrs:
+            continue
+        lengths = _per_step_lengths(data[key])
+        missing = [name for name in ("actions", "obs") if name not in data[key]]
+        if missing or len(set(lengths.values())) != 1:
+            if missing:
+                why = f"lacks {missing}"
+            else:
+                common = Counter(lengths.values()).most_common(1)[0][0]
+                odd = ", ".join(f"{name} {n}" for name, n in sorted(lengths.items()) if n != common)
+                why = f"per-step arrays of different lengths ({odd} steps; actions and the others {common})"
+            raise RsdError(f"{path}:data/{key} has no num_samples attribute and {why}: a partial or damaged "
+                           "demo (rerun the collection that wrote it, or delete the group)")
+    return keys
+
+
+def instruction_from_filename(path: str | Path) -> str:
+    """The instruction a LIBERO task file's name spells, by the rule of OpenVLA-OFT's RLDS builder:
+    drop the `_demo.hdf5` suffix, split on `_`, and start over after any word containing `SCENE`
+    (`LIVING_ROOM_SCENE2_put_both_..._basket_demo.hdf5` -> `put both ... basket`)."""
+    name = Path(path).name
+    stem = name[: -len("_demo.hdf5")] if name.endswith("_demo.hdf5") else Path(name).stem
+    words: list[str] = []
+    for word in stem.split("_"):
+        words = [] if "SCENE" in word else [*words, word]
+    if not words:
+        raise RsdError(f"{path}: no data.problem_info attribute and no instruction in the file name")
+    return " ".join(words)
 
 
 def demo_attributes(path: str | Path) -> list[dict]:
@@ -97,10 +154,12 @@ def demo_attributes(path: str | Path) -> list[dict]:
     with _open(path) as f:
         if "data" not in f:
             raise RsdError(f"{path}: no 'data' group (not a LIBERO-format demo file)")
-        return [dict(f["data"][k].attrs) for k in _complete_demo_keys(f["data"])]
+        return [dict(f["data"][k].attrs) for k in _readable_demo_keys(f["data"], path)]
 
 
 def _instruction(data: h5py.Group, path: Path) -> str:
+    if "problem_info" not in data.attrs:  # OFT's regenerated files write no data attributes
+        return instruction_from_filename(path)
     try:
         info = json.loads(data.attrs["problem_info"])
         return str(info["language_instruction"]).strip()
@@ -152,7 +211,7 @@ def validate_file(path: str | Path) -> None:
             raise RsdError(f"{path}: no 'data' group (not a LIBERO demo file)")
         data = f["data"]
         _instruction(data, path)
-        demos = _complete_demo_keys(data)
+        demos = _readable_demo_keys(data, path)
         if not demos:
             raise RsdError(f"{path}: no complete data/demo_*/actions found")
         for key in demos:
@@ -188,7 +247,7 @@ def read_episodes(
                 raise RsdError(f"{path}: no 'data' group (not a LIBERO demo file)")
             group = f["data"]
             instruction = _instruction(group, path)
-            keys = _complete_demo_keys(group)
+            keys = _readable_demo_keys(group, path)
             if not keys:
                 raise RsdError(f"{path}: no complete data/demo_*/actions found")
             for key in keys:
@@ -219,6 +278,7 @@ def _read_demo(demo: h5py.Group, where: str, instruction: str, image_keys, requi
         if array is not None and len(array) != len(actions):
             raise RsdError(f"{where}: obs {name} has {len(array)} steps but actions have {len(actions)}")
     attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in demo.attrs.items()}
+    attrs.setdefault("num_samples", len(actions))  # OFT's regenerated files: the count the arrays agree on
     episode = Episode(where, instruction, actions, proprio, images, object_pos, attrs)
     return _drop_noops(episode, noop_mask(stored)) if drop_noops else episode
 

@@ -19,19 +19,21 @@ PROPRIO_DIM = 8  # eef pos (3) + eef axis-angle (3) + gripper qpos (2), as OpenV
 IMAGE_PIPELINES = ("resize", "oft")
 
 
-def preprocess_images(raw: np.ndarray | torch.Tensor, size: int, pipeline: str = "resize") -> torch.Tensor:
+def preprocess_images(raw: np.ndarray | torch.Tensor, size: int, pipeline: str = "resize",
+                      jpeg_round_trip: bool = True) -> torch.Tensor:
     """Raw frames uint8 [..., S0, S0, 3] (upside down) -> float32 [..., 3, size, size] in [0, 1], upright.
 
     pipeline `resize`: rotate, antialiased bilinear resize (the tiny backbone). `oft`: OpenVLA-OFT's own
     (rotate, JPEG round trip, Lanczos-3 resize, 0.9-area centre crop: rsd_pl.models.openvla.preprocess),
-    as uint8 / 255, which the openvla backbone normalises per vision tower."""
+    as uint8 / 255, which the openvla backbone normalises per vision tower. `jpeg_round_trip=False` skips the
+    round trip for frames decoded from a JPEG a dataset stored (OFT's RLDS): OFT's training decodes those once."""
     frames = torch.as_tensor(np.ascontiguousarray(raw) if isinstance(raw, np.ndarray) else raw)
     if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames [..., H, W, 3], got {tuple(frames.shape)} {frames.dtype}")
     if pipeline == "oft":
         from rsd_pl.models.openvla.preprocess import oft_images
 
-        upright = torch.from_numpy(oft_images(frames.numpy(), size))  # (..., size, size, 3) uint8
+        upright = torch.from_numpy(oft_images(frames.numpy(), size, jpeg=jpeg_round_trip))  # (..., size, size, 3)
         return upright.movedim(-1, -3).float() / 255.0
     if pipeline != "resize":
         raise ValueError(f"image pipeline {pipeline!r} is not one of {IMAGE_PIPELINES}")

@@ -1,8 +1,8 @@
-"""`ActionChunkDataModule`: normalised action chunks from LIBERO-format demo files (phase 1)."""
+"""`ActionChunkDataModule`: normalised action chunks of demonstrations (phase 1), from any data format of
+`rsd_pl.data.sources` (LIBERO-format HDF5, OpenVLA-OFT's RLDS, LeRobot)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import lightning as L
@@ -10,39 +10,25 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from rsd_pl.data.chunks import ActionChunkDataset, split_episodes
-from rsd_pl.data.libero_hdf5 import NOOP_THRESHOLD, read_episodes, resolve_demo_files
 from rsd_pl.data.normalize import ActionNormalizer
+from rsd_pl.data.sources import FORMATS, data_fingerprint, read_source, source_files
+
+__all__ = ["ActionChunkDataModule", "data_fingerprint"]
 
 ACTION_DIM = 7
 
 
-def data_fingerprint(files: list[Path], block_size: int = 1 << 20, *, drop_noops: bool = False) -> str:
-    """Short sha256 over the names and contents of the demo files (16 hex chars).
-
-    Contents, not mtimes: a copied or re-downloaded file keeps its fingerprint; an edited one does not.
-    `drop_noops=True` (training on the files minus OFT's no-op steps) is other data, so it adds the rule
-    to the digest; with it off the fingerprint is the one of the files alone, as before.
-    """
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            while block := handle.read(block_size):
-                digest.update(block)
-    if drop_noops:
-        digest.update(f"\0drop_noops:oft:{NOOP_THRESHOLD!r}".encode())
-    return digest.hexdigest()[:16]
-
-
 class ActionChunkDataModule(L.LightningDataModule):
-    """Action chunks (T steps x 7 dims) of LIBERO-format demos, normalised with train-split statistics.
+    """Action chunks (T steps x 7 dims) of demonstrations, normalised with train-split statistics.
 
     Episodes are split into train / val by episode (deterministic in `seed`). The `ActionNormalizer`
     is fitted on the train episodes only; items are normalised chunks, float32 `[T, 7]`, padded at
     episode ends by repeating the last action (OpenVLA-OFT's chunking).
 
     Args:
-        data: A LIBERO-format HDF5 demo file, a directory of them (all *.hdf5), or a glob.
+        data: A LIBERO-format HDF5 demo file, a directory of them (all *.hdf5), or a glob; or the folder
+            of an RLDS dataset (OpenVLA-OFT's release) or of a LeRobot dataset.
+        format: `auto` (by what the path holds), `libero_hdf5`, `rlds` or `lerobot`.
         chunk_len: Steps per action chunk (T). Must equal the model's chunk_len.
         val_fraction: Fraction of episodes held out for validation (at least one episode).
         seed: Seed of the train/val episode split.
@@ -61,9 +47,12 @@ class ActionChunkDataModule(L.LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
         drop_noops: bool = False,
+        format: str = "auto",
     ) -> None:
         super().__init__()
-        self.data = data
+        if format not in FORMATS:
+            raise ValueError(f"data.format={format!r} is not one of {FORMATS}")
+        self.data, self.format = data, format
         self.chunk_len = chunk_len
         self.val_fraction = val_fraction
         self.seed = seed
@@ -77,21 +66,21 @@ class ActionChunkDataModule(L.LightningDataModule):
         self._fingerprint: str | None = None
 
     def files(self) -> list[Path]:
-        """The demo files `data` resolves to (sorted)."""
+        """The files `data` is read from (sorted)."""
         if self._files is None:
-            self._files = resolve_demo_files(self.data)
+            self._files = source_files(self.data, self.format)
         return self._files
 
     def fingerprint(self) -> str:
         """Short sha256 of the demo files' names and contents and of drop_noops (the lineage of the data)."""
         if self._fingerprint is None:
-            self._fingerprint = data_fingerprint(self.files(), drop_noops=self.drop_noops)
+            self._fingerprint = data_fingerprint(self.data, self.format, drop_noops=self.drop_noops)
         return self._fingerprint
 
     def setup(self, stage: str | None = None) -> None:
         if self.normalizer is not None:
             return
-        episodes = read_episodes([str(path) for path in self.files()], image_keys=[], drop_noops=self.drop_noops)
+        episodes = read_source(self.data, self.format, image_keys=[], drop_noops=self.drop_noops)
         train_ids, val_ids = split_episodes(len(episodes), self.val_fraction, self.seed)
         train_actions = [episodes[i].actions for i in train_ids]
         source = f"{self.data} (train episodes)"

@@ -1,4 +1,5 @@
-"""`VLADataModule`: observations + action chunks + RFSQ codes from LIBERO-format demos (phase 2).
+"""`VLADataModule`: observations + action chunks + RFSQ codes of demonstrations (phase 2), from any data
+format of `rsd_pl.data.sources` (LIBERO-format HDF5, OpenVLA-OFT's RLDS, LeRobot).
 
 A batch is the observation dict of docs/contracts.md plus the targets:
 
@@ -24,11 +25,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsd_pl.data.chunks import chunk_indices, chunk_steps, split_episodes
-from rsd_pl.data.libero_hdf5 import Episode, read_episodes, resolve_demo_files
+from rsd_pl.data.libero_hdf5 import Episode
 from rsd_pl.data.normalize import ActionNormalizer
 from rsd_pl.data.obs import preprocess_images
+from rsd_pl.data.sources import FORMATS, data_fingerprint, read_source
 from rsd_pl.errors import RsdError
-from rsd_pl.lit.action_data import data_fingerprint
 from rsd_pl.models.rfsq import ActionRFSQAE, load_tokenizer
 from rsd_pl.registry import Registry
 
@@ -70,6 +71,7 @@ class VLAChunkDataset(Dataset):
             "actions": self.actions[i],
             "codes": self.codes[i].long(),
             "index": i,  # lets the draft module reuse the frozen main model's outputs for this sample
+            "frames_jpeg": bool(episode.attrs.get("frames_jpeg", False)),  # stored as JPEG (RLDS): decoded once
         }
         if self.use_object_pos:
             item["object_pos"] = torch.from_numpy(episode.object_pos[t])
@@ -84,7 +86,15 @@ class Collate:
 
     def __call__(self, items: list[dict]) -> dict:
         frames = np.stack([item["frames"] for item in items])  # (B, V, S0, S0, 3)
-        batch = {"images": preprocess_images(frames, self.image_size, self.image_pipeline),  # (B, V, 3, S, S)
+        jpeg = np.array([item.get("frames_jpeg", False) for item in items])
+        if jpeg.all() or not jpeg.any():
+            images = preprocess_images(frames, self.image_size, self.image_pipeline, jpeg_round_trip=not jpeg.any())
+        else:  # a batch mixing sources: each part through its own pipeline
+            images = torch.empty(len(items), frames.shape[1], 3, self.image_size, self.image_size)
+            for flag in (False, True):
+                images[jpeg == flag] = preprocess_images(frames[jpeg == flag], self.image_size, self.image_pipeline,
+                                                         jpeg_round_trip=not flag)
+        batch = {"images": images,  # (B, V, 3, S, S)
                  "instruction": [item["instruction"] for item in items]}
         for key in ("proprio", "object_pos", "actions", "codes"):
             if key in items[0]:
@@ -98,7 +108,8 @@ class VLADataModule(L.LightningDataModule):
     """Phase-2 training data: LIBERO-format demos tokenized with a registry tokenizer.
 
     Args:
-        data: A LIBERO-format HDF5 file, a directory of them, or a glob.
+        data: A LIBERO-format HDF5 file, a directory of them, or a glob; or the folder of an RLDS dataset
+            (OpenVLA-OFT's release) or of a LeRobot dataset.
         tokenizer: Registry spec of the RFSQ tokenizer (`rfsq@best`, `rfsq@3`, ...).
         registry_root: Checkpoint registry folder (default: $RSD_CHECKPOINTS, else checkpoints).
         cameras: Image keys under obs/, in the order the model sees them (V = len(cameras)).
@@ -112,15 +123,20 @@ class VLADataModule(L.LightningDataModule):
         drop_noops: Drop OpenVLA-OFT's no-op steps (|xyz,rot| < 1e-4 with the gripper unchanged) before
             chunking, as OFT's no-noops datasets do.
         image_pipeline: How frames become images: `resize` (tiny backbone) or `oft` (openvla backbone:
-            OFT's JPEG round trip, Lanczos resize and centre crop). Must match the backbone.
+            OFT's JPEG round trip, Lanczos resize and centre crop). Must match the backbone. Frames an
+            RLDS file stored as JPEG skip the round trip: they already went through it, as in OFT's training.
+        format: `auto` (by what the path holds), `libero_hdf5`, `rlds` or `lerobot`.
     """
 
     def __init__(self, data: str, tokenizer: str = "rfsq@best", registry_root: str | None = None,
                  cameras: list[str] | None = None, image_size: int = 64, use_object_pos: bool = False,
                  chunk_len: int = 8, val_fraction: float = 0.1, seed: int = 0, batch_size: int = 32,
-                 num_workers: int = 0, drop_noops: bool = False, image_pipeline: str = "resize") -> None:
+                 num_workers: int = 0, drop_noops: bool = False, image_pipeline: str = "resize",
+                 format: str = "auto") -> None:
         super().__init__()
-        self.data, self.tokenizer_name, self.registry_root = data, tokenizer, registry_root
+        if format not in FORMATS:
+            raise ValueError(f"data.format={format!r} is not one of {FORMATS}")
+        self.data, self.format, self.tokenizer_name, self.registry_root = data, format, tokenizer, registry_root
         self.cameras = list(cameras or ["agentview_rgb"])
         self.image_size, self.use_object_pos, self.chunk_len = image_size, use_object_pos, chunk_len
         self.val_fraction, self.seed = val_fraction, seed
@@ -133,7 +149,7 @@ class VLADataModule(L.LightningDataModule):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = data_fingerprint(resolve_demo_files(self.data), drop_noops=self.drop_noops)
+            self._fingerprint = data_fingerprint(self.data, self.format, drop_noops=self.drop_noops)
         return self._fingerprint
 
     def load_tokenizer(self) -> TokenizerBundle:
@@ -149,8 +165,8 @@ class VLADataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         tokenizer = self.load_tokenizer()
-        episodes = read_episodes(self.data, image_keys=self.cameras, require_images=True,
-                                 drop_noops=self.drop_noops)
+        episodes = read_source(self.data, self.format, image_keys=self.cameras, require_images=True,
+                               drop_noops=self.drop_noops)
         if self.use_object_pos:
             lacking = [e.source for e in episodes if e.object_pos is None]
             if lacking:

@@ -155,20 +155,22 @@ def _check_frames(frames: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} expects a uint8 numpy array [..., H, W, 3]; got {got}")
 
 
-def oft_images(frames: np.ndarray, size: int = OPENVLA_IMAGE_SIZE, center_crop: bool = True) -> np.ndarray:
+def oft_images(frames: np.ndarray, size: int = OPENVLA_IMAGE_SIZE, center_crop: bool = True,
+               jpeg: bool = True) -> np.ndarray:
     """Raw LIBERO frames uint8 [..., S0, S0, 3] (upside down, as rendered and as demos store them)
     -> uint8 [..., size, size, 3], upright: rotate 180, JPEG round trip + Lanczos-3 resize when S0 != size
     (OFT skips both when the frame is already size x size), then OFT's 0.9-area centre crop when center_crop.
 
     The skip follows `prepare_images_for_vla`; note OFT's `prepare_observation` round-trips every frame, so the two
     agree only for frames rendered at a size other than `size` (OFT renders LIBERO at 256).
+    `jpeg=False` skips the round trip (frames decoded from a dataset's stored JPEG, as OFT's training reads RLDS).
     """
     _check_frames(frames, "oft_images")
     x = frames[..., ::-1, ::-1, :]  # [..., S0, S0, 3], upright
     if x.shape[-3:-1] != (size, size):
         lead = x.shape[:-3]
         flat = x.reshape((-1,) + x.shape[-3:])  # [N, S0, S0, 3]
-        decoded = np.stack([jpeg_round_trip(f) for f in flat]) if len(flat) else flat
+        decoded = np.stack([jpeg_round_trip(f) for f in flat]) if len(flat) and jpeg else flat
         x = lanczos3_resize(decoded, size).reshape(lead + (size, size, 3))
     if center_crop:
         x = oft_center_crop(x, size)
