@@ -231,9 +231,45 @@ def test_eval_info_is_lerobot_shaped(tmp_path):
                      "sum_reward": float(ar_records[0]["success"]), "max_reward": float(ar_records[0]["success"]),
                      "seed": ar_records[0]["seed"], "task_group": "libero_object", "task_id": 0, "task": OBJECT[0],
                      "trial": 0, "mode": "ar", "status": ar_records[0]["status"], "steps": ar_records[0]["steps"],
-                     "eval_s": ar_records[0]["wall_s"]}
+                     "eval_s": ar_records[0]["wall_s"], "video_path": ar_records[0].get("video")}
     assert [e["episode_ix"] for e in info["per_episode"]] == list(range(32))
     assert info["per_mode"]["ar"]["per_group"]["libero_object"]["n_episodes"] == 12
+
+
+def test_eval_info_has_lerobots_multi_task_keys_agreeing_with_the_episode_log(tmp_path):
+    """lerobot-eval's multi-task layout (per_task / per_group / overall), at the top for the reference mode and
+    in eval_info_<mode>.json for each mode; per_task's per-episode lists agree with episodes.jsonl."""
+    records = realistic_log(trials=3)
+    for r in records:  # two recorded videos per (task, mode), as videos_per_task 2 writes them
+        r["video"] = f"videos/{r['suite']}_task{r['task_id']:02d}_trial{r['trial']:02d}_{r['mode']}.mp4" \
+            if r["trial"] < 2 else None
+    _write(tmp_path, records)
+    rep.write_report(tmp_path)
+    top = json.loads((tmp_path / "eval_info.json").read_text())
+    for mode in ("l1", "parallel", "ar", "ar_exit", "speculative"):
+        info = json.loads((tmp_path / f"eval_info_{mode}.json").read_text())
+        assert info == top["per_mode"][mode] and info["mode"] == mode
+        assert {"per_task", "per_group", "overall"} <= set(info)
+        mine = sorted((r for r in records if r["mode"] == mode), key=lambda r: (r["suite"], r["task_id"], r["trial"]))
+        tasks = sorted({(r["suite"], r["task_id"]) for r in mine})
+        assert [(t["task_group"], t["task_id"]) for t in info["per_task"]] == tasks
+        for task in info["per_task"]:
+            log = [r for r in mine if (r["suite"], r["task_id"]) == (task["task_group"], task["task_id"])]
+            metrics = task["metrics"]
+            assert set(metrics) == {"sum_rewards", "max_rewards", "successes", "video_paths"}
+            assert metrics["successes"] == [r["status"] == "success" for r in log]
+            assert metrics["sum_rewards"] == metrics["max_rewards"] == [float(r["status"] == "success") for r in log]
+            assert metrics["video_paths"] == [r["video"] for r in log if r["video"]]
+            assert len(metrics["video_paths"]) == 2
+        for suite, group in info["per_group"].items():
+            log = [r for r in mine if r["suite"] == suite]
+            assert group["n_episodes"] == len(log) > 0
+            assert group["pc_success"] == pytest.approx(100 * np.mean([r["status"] == "success" for r in log]))
+            assert {"avg_sum_reward", "avg_max_reward", "video_paths"} <= set(group)
+        overall = info["overall"]
+        assert overall["n_episodes"] == len(mine) and {"eval_s", "eval_ep_s", "video_paths"} <= set(overall)
+        assert overall["pc_success"] == pytest.approx(100 * np.mean([r["status"] == "success" for r in mine]))
+    assert top["mode"] == "ar" and top["per_task"] == top["per_mode"]["ar"]["per_task"]
 
 
 def test_plots_written_linked_and_logged(tmp_path):

@@ -388,7 +388,8 @@ def log_tensorboard(report: dict[str, Any], log_dir: str | Path, step: int = 0,
 
 def write_report(out_dir: str | Path, tensorboard_dir: str | Path | None = None,
                  reference_mode: str = "ar") -> dict[str, Any]:
-    """Read `<out_dir>` episodes; write report.json / report.md / eval_info.json and plots/*.png; log
+    """Read `<out_dir>` episodes; write report.json / report.md / eval_info.json (+ eval_info_<mode>.json)
+    and plots/*.png; log
     TensorBoard scalars and images when `tensorboard_dir` is given; print the markdown."""
     from rsd_pl.eval.lerobot import lerobot_eval_info
     from rsd_pl.eval.plots import write_plots
@@ -401,6 +402,8 @@ def write_report(out_dir: str | Path, tensorboard_dir: str | Path | None = None,
     atomic_write(out_dir / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     info = lerobot_eval_info(records, reference_mode)
     atomic_write(out_dir / "eval_info.json", json.dumps(_json_safe(info), indent=2) + "\n")
+    for mode, block in info["per_mode"].items():  # one LeRobot-shaped file per mode, for tools that read one
+        atomic_write(out_dir / f"eval_info_{mode}.json", json.dumps(_json_safe(block), indent=2) + "\n")
     text = markdown(report)
     atomic_write(out_dir / "report.md", text)
     if tensorboard_dir is not None:
