@@ -67,10 +67,10 @@ PY
 mkdir -p "$out"
 common=(--openvla "$source" --modes oft parallel ar ar_exit speculative --chunks "$chunks" --warmup "$warmup" --presets
         --dtype "${GPU_CHECK_DTYPE:-auto}")
-echo "=== worst case for speculation (exact acceptance, untrained draft), then budget's forward costs"
+echo "=== $(date +%T) worst case for speculation (exact acceptance, untrained draft), then budget's forward costs"
 "$py" -m rsd_pl bench "${common[@]}" --acceptance exact --draft_len 7 --forward_costs "$cost_obs" \
   --out "$out/worst.json"
-echo "=== best case for speculation (relaxed, tau 1e9: every proposed layer accepted)"
+echo "=== $(date +%T) best case for speculation (relaxed, tau 1e9: every proposed layer accepted)"
 "$py" -m rsd_pl bench "${common[@]}" --acceptance relaxed --tau 1e9 --draft_len 7 --out "$out/best.json"
 
 "$py" - "$out" "$((SECONDS - start))" <<'PY'
