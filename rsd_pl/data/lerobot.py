@@ -19,8 +19,8 @@ older key names (`image`, `wrist_image`, `state`, `actions`) are read too.
 A video's frames are decoded once per file, in order, with imageio-ffmpeg's ffmpeg (which carries the
 AV1 decoder dav1d); step t of an episode is the frame at `from_timestamp + timestamp[t]`. Decoded
 frames stay in memory: 2 cameras x 256 px x 3 bytes is 393 KB a step, 108 GB for the 273,465 steps
-of lerobot/libero's four suites: train on one suite (about 55,000 steps, 22 GB) per machine of that
-size, or fewer cameras.
+of lerobot/libero's four suites (about a quarter of that per suite): train on one suite per machine
+of that size, or with fewer cameras.
 """
 
 from __future__ import annotations
