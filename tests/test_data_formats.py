@@ -90,6 +90,19 @@ def test_rlds_frames_through_the_oft_pipeline_equal_the_genuine_reference(tmp_pa
     assert np.mean((twice.movedim(-3, -1) * 255).round().byte().numpy() == want) < exact
 
 
+@pytest.mark.parametrize("video", [True, False])
+def test_a_libero_render_stored_as_lerobot_stores_it_reads_back_in_render_orientation(tmp_path, oft_fixture, video):
+    """LeRobot's LIBERO data is upright (rotated 180 deg from the render); the reader turns it back."""
+    from safetensors.numpy import load_file
+
+    raw = load_file(OFT_FIXTURE / "expected.safetensors")["images_raw"]  # as LIBERO renders them, 256 px
+    dataset = write_lerobot([_one_step_episode(raw)], tmp_path / "lerobot", video=video)
+    stored = np.asarray(read_source(str(dataset))[0].images["agentview_rgb"])[0]
+    error = np.abs(stored.astype(int) - raw[0]).mean()
+    rotated = np.abs(stored[::-1, ::-1].astype(int) - raw[0]).mean()
+    assert error < (3.0 if video else 1e-9) and rotated > 10 * max(error, 1), (error, rotated)
+
+
 def _one_step_episode(raw: np.ndarray):
     from rsd_pl.data.libero_hdf5 import Episode
 
