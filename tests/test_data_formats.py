@@ -272,7 +272,7 @@ def test_fit_phase1_and_phase2_on_each_format(demos, name, tmp_path):
                         "init_args": {"network": dataclasses.asdict(network)}},
               "data": {"class_path": "rsd_pl.lit.vla_data.VLADataModule",
                        "init_args": {"data": data, "tokenizer": "rfsq@best", "image_size": 32,
-                                     "cameras": ["agentview_rgb", "eye_in_hand_rgb"][:1],
+                                     "cameras": ["agentview_rgb"],
                                      "val_fraction": 0.34, "batch_size": 16}}}
     (tmp_path / "main.yaml").write_text(yaml.safe_dump(config))
     phase2 = run(["--config", str(tmp_path / "main.yaml")])
