@@ -80,12 +80,28 @@ def task_info(suite: str, task_id: int) -> TaskInfo:
     from libero.libero import get_libero_path
     from libero.libero.envs.bddl_utils import robosuite_parse_problem
 
-    task = _benchmark(suite).get_task(task_id)
-    relpath = os.path.join(task.problem_folder, task.bddl_file)
-    bddl_file = os.path.join(get_libero_path("bddl_files"), relpath)
-    problem = robosuite_parse_problem(bddl_file)
-    return TaskInfo(suite, task_id, task.name, task.language, bddl_file, relpath, problem["problem_name"],
+    def parsed(name: str):
+        task = _benchmark(name).get_task(task_id)
+        relpath = os.path.join(task.problem_folder, task.bddl_file)
+        path = os.path.join(get_libero_path("bddl_files"), relpath)
+        return task, relpath, path, robosuite_parse_problem(path)
+
+    task, relpath, bddl_file, problem = parsed(suite)
+    instruction = task.language  # the benchmark's instruction, as OpenVLA-OFT's evaluation gives it
+    if spec.base is not None:
+        # LIBERO-PRO keeps the base task's name (and so `task.language`) and perturbs inside the BDDL file: where
+        # the perturbation changed the file's instruction (lan, task), that is the instruction; where it did not
+        # (object, swap), the policy gets the clean instruction, so only the scene changes.
+        base_problem = parsed(spec.base)[3]
+        if _bddl_instruction(problem) != _bddl_instruction(base_problem):
+            instruction = _bddl_instruction(problem)
+    return TaskInfo(suite, task_id, task.name, instruction, bddl_file, relpath, problem["problem_name"],
                     [list(g) for g in problem["goal_state"]])
+
+
+def _bddl_instruction(problem: dict) -> str:
+    text = problem["language_instruction"]
+    return (text if isinstance(text, str) else " ".join(text)).strip()
 
 
 def num_init_states(suite: str, task_id: int) -> int:

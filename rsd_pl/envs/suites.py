@@ -14,21 +14,31 @@ WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # gripper open
 
 @dataclass(frozen=True)
 class SuiteSpec:
-    """One LIBERO benchmark suite."""
+    """One LIBERO benchmark suite, or a LIBERO-PRO perturbation of one (`base`, `perturbation`)."""
 
     name: str
     max_steps: int  # policy steps per episode, not counting the WAIT_STEPS
     num_tasks: int
+    base: str | None = None          # LIBERO-PRO: the benchmark suite it perturbs
+    perturbation: str | None = None  # LIBERO-PRO: "lan", "object", "swap" or "task"
 
+
+_BENCHMARK = (SuiteSpec("libero_spatial", 220, 10), SuiteSpec("libero_object", 280, 10),
+              SuiteSpec("libero_goal", 300, 10), SuiteSpec("libero_10", 520, 10))
+
+PRO_PERTURBATIONS = {"lan": "language (paraphrased instruction)", "object": "object appearance, size and colour",
+                     "swap": "object positions swapped", "task": "a different task in the same scene"}
+"""LIBERO-PRO's perturbations whose BDDL and init-state files the installed LIBERO package ships for the four
+benchmark suites (10 tasks x 50 init states each). Its `_env`, `_temp` and `*_ood` suites are listed by LIBERO's
+benchmark too, but without init-state files, so they are not offered (an unknown suite is an error)."""
 
 SUITES: dict[str, SuiteSpec] = {
     spec.name: spec
     for spec in (
-        SuiteSpec("libero_spatial", 220, 10),
-        SuiteSpec("libero_object", 280, 10),
-        SuiteSpec("libero_goal", 300, 10),
-        SuiteSpec("libero_10", 520, 10),
+        *_BENCHMARK,
         SuiteSpec("libero_90", 400, 90),
+        *(SuiteSpec(f"{base.name}_{p}", base.max_steps, base.num_tasks, base.name, p)
+          for base in _BENCHMARK for p in PRO_PERTURBATIONS),
     )
 }
 

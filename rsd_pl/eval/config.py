@@ -33,7 +33,8 @@ class EvalConfig:
     registry: str = "checkpoints"
     """Checkpoint registry folder."""
     suites: list[str] = field(default_factory=lambda: ["libero_spatial"])
-    """LIBERO suites: libero_spatial, libero_object, libero_goal, libero_10, libero_90."""
+    """LIBERO suites: libero_spatial, libero_object, libero_goal, libero_10, libero_90; LIBERO-PRO's perturbations of
+    the first four: <suite>_lan, <suite>_object, <suite>_swap, <suite>_task (each with its base suite's max steps)."""
     tasks: str | None = None
     """Task ids per suite, e.g. '0-9' or '0,3,5'; null = all tasks of each suite."""
     num_trials: int = 50
