@@ -5,10 +5,13 @@ The Python 3.12 / device-versions run is scripts/gpu_dryrun.sh (docs/gpu.md has 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -17,6 +20,31 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"oft", "parallel", "ar", "ar_exit", "speculative"}
+# What the GPU machine's image holds (the device tool's KINDS.md, as read on 2026-11-17), as pip names them.
+IMAGE_PACKAGES = set("""
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
+charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core cuda-pathfinder
+cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools
+formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize hypothesis idna
+imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver
+lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml markdown markdown-it-py markupsafe
+matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatch mypy-extensions nanobind narwhals
+networkx ninja numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime
+nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13
+nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
+opencv-python-headless optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec patsy
+peft pillow pip pluggy portalocker prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments
+pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist python-dateutil
+pytorch-lightning pyyaml regex requests rich sacrebleu safetensors scikit-build-core scikit-image scikit-learn scipy
+seaborn sentencepiece sentence-transformers setuptools shellingham simplejson six sortedcontainers statsmodels sympy
+tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch
+torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer
+typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
+""".split())
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def gpu_check(tmp_path: Path, *args: str, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
@@ -89,6 +117,27 @@ def test_gpu_wheels_keeps_exactly_the_listed_wheels(tmp_path) -> None:
     refused = subprocess.run(["bash", "scripts/gpu_wheels.sh", "--everything"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "unknown option '--everything'" in refused.stderr
+
+
+def test_the_bench_path_imports_none_of_the_projects_packages_the_gpu_image_lacks(oft_fixture, tmp_path) -> None:
+    """What gpu_check runs (bench --openvla, every mode, the forward costs) in a fresh interpreter: no module it
+    imports comes from a dependency of pyproject.toml that the GPU image lacks (jsonargparse, simplejpeg, crc32c,
+    LIBERO, ...), or the first GPU call would die on an import error. New dependencies are covered as they come."""
+    argv = ["--openvla", str(oft_fixture / "tiny_checkpoint"), "--modes", *sorted(MODES), "--chunks", "1",
+            "--warmup", "0", "--presets", "--forward_costs", "1", "--out", str(tmp_path / "bench.json")]
+    code = (f"import json, sys; from rsd_pl.bench import main; main({argv!r}); "
+            "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    modules = json.loads(done.stdout.strip().splitlines()[-1])
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lacking = {canonical(re.split(r"[\[=<>!~ ;]", d)[0]) for d in dependencies} - IMAGE_PACKAGES
+    assert {"jsonargparse", "simplejpeg"} <= lacking
+    owners = importlib.metadata.packages_distributions()
+    imported = {canonical(dist): module for module in modules for dist in owners.get(module, [])}
+    assert {"torch", "transformers", "numpy"} <= set(imported)  # the module -> distribution map works
+    assert {dist: imported[dist] for dist in lacking & set(imported)} == {}
 
 
 def test_cpu_run_on_the_tiny_checkpoint_writes_every_figure(tmp_path, oft_fixture) -> None:
