@@ -1,12 +1,17 @@
 """`python -m rsd_pl collect`: scripted-expert demonstrations into LIBERO-format HDF5.
 
 One file per task, `<out>/<task_name>_demo.hdf5`, as the official datasets. Only successful episodes
-are kept; each demo stores its benchmark init-state index. Worker processes (spawn, one env each)
-run the episodes and send the arrays back; only this process writes, and only one collect process
-writes a folder at a time. Demos are staged as they finish and the task's file is replaced whole
-(`rsd_pl.data.demo_writer`), so a kill loses at most the episodes in flight. A rerun skips the init
-states already collected and collects the rest; a file with another schema (other cameras, image size
-or task) or a corrupted one is an error, never overwritten.
+are kept. Episodes start from the task's benchmark init states (`placements: benchmark`, each demo stores
+its init-state index) or from fresh placements drawn by LIBERO's own sampler (`placements: sampled`: one
+seed per attempt from (seed, task, attempt), recorded in the demo, and a placement equal to one of the
+task's benchmark init states refused), so that every benchmark init state stays held out for evaluation.
+
+Worker processes (spawn, one env each) run the episodes and send the arrays back; only this process
+writes, and only one collect process writes a folder at a time. Demos are staged as they finish and the
+task's file is replaced whole (`rsd_pl.data.demo_writer`), so a kill loses at most the episodes in
+flight. A rerun skips the init states (or placement attempts) already collected and collects the rest;
+a file with another schema (other cameras, image size or task) or a corrupted one is an error, never
+overwritten.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from rsd_pl.data.demo_writer import DemoWriter
 from rsd_pl.durable import FolderLock
 from rsd_pl.envs import (
     CAMERAS,
+    PLACEMENT_MATCH_M,
     SHADOWS,
     LiberoEnv,
     check_index,
@@ -65,6 +71,13 @@ class CollectConfig:
     """Policy steps per episode (default: the suite's); a timeout is a failure, not kept."""
     seed: int = 0
     """Env seed."""
+    placements: str = "benchmark"
+    """Where episodes start: `benchmark` (the task's benchmark init states, `init_states` in order) or `sampled`
+    (fresh placements drawn by LIBERO's sampler from the task's BDDL regions, attempt k seeded from (seed, task, k),
+    never one of the benchmark's init states: every one of them stays held out for evaluation)."""
+    attempts: int | None = None
+    """With placements `sampled`: placements to try per task (default 2 x episodes); attempts keep their seeds
+    across reruns, so a rerun resumes where the last one stopped."""
     grasp_side: str = "+x"
     """Bowls (rim grasps): +x (default), -x, centre (the average of the two, which fails: a control), or random:
     +x or -x per demo, drawn from (seed, task, init state), recorded in each demo's `grasp_side` attribute
@@ -80,9 +93,24 @@ class CollectConfig:
         for name in ("episodes", "image_size", "workers"):
             if getattr(self, name) < 1:
                 raise RsdError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.placements not in PLACEMENTS:
+            raise RsdError(f"--placements {self.placements!r}: use one of {', '.join(PLACEMENTS)}")
+        if self.placements == "sampled" and self.init_states is not None:
+            raise RsdError("--init_states picks benchmark init states; with --placements sampled leave it unset")
+        if self.attempts is not None and (self.placements != "sampled" or self.attempts < 1):
+            raise RsdError(f"--attempts {self.attempts}: a number >= 1, with --placements sampled only")
+
+    def num_attempts(self) -> int:
+        return self.attempts if self.attempts is not None else 2 * self.episodes
 
 
 GRASP_SIDES = ("+x", "-x", "centre", "random")
+PLACEMENTS = ("benchmark", "sampled")
+
+
+def placement_seed(seed: int, task_id: int, attempt: int) -> int:
+    """The numpy seed of sampled placement `attempt` of a task: reproducible, independent across tasks."""
+    return int(np.random.SeedSequence([seed, task_id, attempt]).generate_state(1)[0])
 
 
 def grasp_side_for(cfg: CollectConfig, task_id: int, init_state_index: int) -> int:
@@ -106,6 +134,8 @@ class Job:
     max_steps: int | None
     seed: int
     grasp_side: int = 1
+    placement_seed: int | None = None
+    """Set: start from `LiberoEnv.sample_placement(placement_seed)`; `init_state_index` is then the attempt number."""
 
 
 # --- worker side -----------------------------------------------------------------------------
@@ -121,8 +151,19 @@ def run_job(job: Job) -> ExpertEpisode:
         _WORKER_ENV.clear()
         _WORKER_ENV[key] = LiberoEnv(job.suite, job.task_id, camera_size=job.image_size, cameras=job.cameras,
                                      seed=job.seed)
-    expert = expert_for(_WORKER_ENV[key].goal, job.grasp_side, env=_WORKER_ENV[key])
-    return run_expert_episode(_WORKER_ENV[key], job.init_state_index, job.max_steps, record=True, expert=expert)
+    env = _WORKER_ENV[key]
+    expert = expert_for(env.goal, job.grasp_side, env=env)
+    if job.placement_seed is None:
+        return run_expert_episode(env, job.init_state_index, job.max_steps, record=True, expert=expert)
+    state = env.sample_placement(job.placement_seed)
+    distance = env.benchmark_distance(state)
+    placement = {"placement": "sampled", "placement_index": job.init_state_index,
+                 "placement_seed": job.placement_seed, "benchmark_distance_m": distance}
+    if distance < PLACEMENT_MATCH_M:  # one of the benchmark's init states: never trained on
+        return ExpertEpisode(job.init_state_index, False, 0, np.zeros((0, 7)), placement={**placement, "refused": True})
+    episode = run_expert_episode(env, None, job.max_steps, record=True, expert=expert, state=state)
+    episode.init_state_index, episode.placement = job.init_state_index, placement
+    return episode
 
 
 # --- parent side -----------------------------------------------------------------------------
@@ -189,7 +230,13 @@ def collect_task(cfg: CollectConfig, task_id: int, submit, progress: tqdm) -> tu
 
 def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress: tqdm) -> tuple[int, int]:
     existing = writer.existing_demos()
-    done = {int(a["init_state_index"]) for a in existing if "init_state_index" in a}
+    sampled = cfg.placements == "sampled"
+    key = "placement_index" if sampled else "init_state_index"
+    if other := [a for a in existing if key not in a]:
+        kind = "benchmark init states" if sampled else "sampled placements"
+        raise RsdError(f"{writer.path}: holds {len(other)} demos started from {kind}, but --placements is "
+                       f"{cfg.placements!r}: use another --out, or the same --placements to resume")
+    done = {int(a[key]) for a in existing}
     if unexpected := sorted({int(a.get("grasp_side", 1)) for a in existing} - allowed_sides(cfg)):
         raise RsdError(f"{writer.path}: holds demos with grasp_side {unexpected}, but --grasp_side is "
                        f"{cfg.grasp_side!r}: use another --out, or the same --grasp_side to resume")
@@ -197,19 +244,27 @@ def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress
     needed = cfg.episodes - len(done)
     if needed <= 0:
         return 0, 0
-    count = num_init_states(cfg.suite, task_id)
+    if sampled:
+        starts = [k for k in range(cfg.num_attempts()) if k not in done]
+    else:
+        starts = pending_init_states(cfg.init_states, done, num_init_states(cfg.suite, task_id),
+                                     f"{cfg.suite} task {task_id}")
     jobs = [Job(cfg.suite, task_id, i, cfg.image_size, tuple(cfg.cameras), cfg.max_steps, cfg.seed,
-                grasp_side_for(cfg, task_id, i))
-            for i in pending_init_states(cfg.init_states, done, count, f"{cfg.suite} task {task_id}")]
+                grasp_side_for(cfg, task_id, i), placement_seed(cfg.seed, task_id, i) if sampled else None)
+            for i in starts]
     added = failed = 0
     for episode in _run_jobs(jobs, needed, submit):
         if not episode.success:
             failed += 1
+            refused = " (a benchmark init state: refused)" if episode.placement.get("refused") else ""
             progress.set_postfix(task=task_id, failed=failed)
+            if refused:
+                progress.write(f"{cfg.suite} task {task_id} placement {episode.init_state_index}{refused}")
             continue
+        start = episode.placement if sampled else {"init_state_index": episode.init_state_index}
         writer.add_demo(actions=episode.actions, states=episode.states, robot_states=episode.robot_states,
                         rewards=_rewards(episode), dones=_rewards(episode).astype(np.uint8), obs=episode.obs,
-                        attrs={"init_state_index": episode.init_state_index, "expert": episode.expert,
+                        attrs={**start, "expert": episode.expert,
                                "grasp_side": grasp_side_for(cfg, task_id, episode.init_state_index)})
         added += 1
         progress.update(1)
@@ -264,7 +319,8 @@ def check_tasks(cfg: CollectConfig) -> list[int]:
         if not supports(info.goal):
             raise RsdError(f"{where} ({info.instruction!r}): goal {info.goal}: no scripted expert for it "
                            f"(they handle {SUPPORTED})")
-        pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
+        if cfg.placements == "benchmark":
+            pending_init_states(cfg.init_states, set(), num_init_states(cfg.suite, task_id), where)
         open_writer(cfg, task_id).check_existing()
     return tasks
 

@@ -112,6 +112,13 @@ def num_init_states(suite: str, task_id: int) -> int:
     return len(_benchmark(suite).get_task_init_states(task_id))
 
 
+PLACEMENT_MATCH_M = 0.001
+"""A sampled placement whose every movable object lies within 1 mm of one benchmark init state's is that init state
+(`LiberoEnv.benchmark_distance`); collection refuses it. LIBERO's placement regions are small: two of a task's 50
+benchmark init states differ by 2.3-20 mm at the closest (largest object displacement; 2 tasks per suite measured),
+and a sampled placement lies as far from its nearest benchmark state as they lie from each other (3.1-21 mm), so
+1 mm is an order below any real difference and far above float noise."""
+
 SHADOWS = False
 """Default render setting of collection and evaluation (see LiberoEnv); demo files record it."""
 
@@ -190,19 +197,53 @@ class LiberoEnv:
                 "domain_name": self._env.domain_name}
 
     # --- episode -----------------------------------------------------------------------------
-    def reset(self, init_state_index: int, wait: bool = True) -> dict:
-        """Load benchmark init state `init_state_index`; with `wait`, run WAIT_STEPS no-op steps."""
-        check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
-                    self.num_init_states)
+    def reset(self, init_state_index: int | None, wait: bool = True, *, state: np.ndarray | None = None) -> dict:
+        """Load benchmark init state `init_state_index` (or, with `init_state_index=None`, the simulator `state`
+        given, e.g. a `sample_placement`); with `wait`, run WAIT_STEPS no-op steps."""
+        if init_state_index is None:
+            if state is None:
+                raise RsdError("LiberoEnv.reset: give an init state index or a state")
+            target = np.asarray(state, dtype=np.float64)
+        else:
+            check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
+                        self.num_init_states)
+            target = self.init_states[init_state_index]
         self._env.reset()
         self._reset_gripper_commands()
         self._set_render_flags()
         self._render_now = self.render_every_step or not wait
-        obs = self._env.set_init_state(self.init_states[init_state_index])
+        obs = self._env.set_init_state(target)
         self._frames_real = self._render_now
         for i in range(WAIT_STEPS if wait else 0):
             obs, _, _, _ = self.step(WAIT_ACTION.copy(), render=i == WAIT_STEPS - 1)
         return obs
+
+    def sample_placement(self, seed: int) -> np.ndarray:
+        """A fresh placement of the task's objects, drawn by LIBERO's own sampler from the BDDL's regions (its
+        placement initialisers draw from numpy's global RNG at reset; seeded here with `seed`, then restored):
+        the flattened simulator state, the form of a benchmark init state, for `reset(None, state=...)`."""
+        saved = np.random.get_state()
+        try:
+            np.random.seed(seed)
+            self._env.reset()
+            return np.asarray(self.raw.sim.get_state().flatten(), dtype=np.float64).copy()
+        finally:
+            np.random.set_state(saved)
+
+    def _free_joint_positions(self, states: np.ndarray) -> np.ndarray:
+        """xyz of every free-joint body (the movable objects) in flattened simulator states: (..., J, 3)."""
+        model = self.raw.sim.model
+        starts = [int(model.jnt_qposadr[j]) for j in range(model.njnt) if int(model.jnt_type[j]) == 0]  # mjJNT_FREE
+        qpos = np.asarray(states, dtype=np.float64)[..., 1:1 + model.nq]  # a flattened state: time, qpos, qvel
+        return np.stack([qpos[..., a:a + 3] for a in starts], axis=-2)
+
+    def benchmark_distance(self, state: np.ndarray) -> float:
+        """How far a placement is from the nearest of the task's benchmark init states: for each init state the
+        largest displacement of any movable object (metres), and the smallest of those over the init states. 0 for
+        a benchmark init state itself; a placement is one of them when this is below PLACEMENT_MATCH_M."""
+        mine = self._free_joint_positions(state)                        # (J, 3)
+        theirs = self._free_joint_positions(np.stack(self.init_states))  # (B, J, 3)
+        return float(np.linalg.norm(theirs - mine, axis=-1).max(axis=-1).min())
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, dict]:
         """One env step with a 7-D action in [-1, 1] (OSC_POSE deltas, gripper -1 open / +1 close).

@@ -19,11 +19,13 @@ class ExpertEpisode:
     robot_states: np.ndarray | None = None     # (N, 9)
     obs: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (N, ...), see LiberoEnv.record
     expert: str = ""                           # the expert's name, e.g. 'pick_place', 'drawer+pick_place'
+    placement: dict = field(default_factory=dict)  # a sampled placement: its seed, index, benchmark distance
 
 
-def run_expert_episode(env, init_state_index: int, max_steps: int | None = None, record: bool = False,
-                       expert=None) -> ExpertEpisode:
-    """Reset `env` to an init state (with the wait steps), let the expert (default: the one for the env's goal,
+def run_expert_episode(env, init_state_index: int | None, max_steps: int | None = None, record: bool = False,
+                       expert=None, state: np.ndarray | None = None) -> ExpertEpisode:
+    """Reset `env` to an init state (a benchmark index, or with `init_state_index=None` the simulator `state`, e.g.
+    a sampled placement) with the wait steps, let the expert (default: the one for the env's goal,
     `rsd_pl.experts.select.expert_for`) act until the env reports success or `max_steps` (default: the suite's)
     run out. A timeout is a failure.
 
@@ -35,7 +37,7 @@ def run_expert_episode(env, init_state_index: int, max_steps: int | None = None,
 
         expert = expert_for(env.goal, env=env)
     max_steps = env.max_steps if max_steps is None else max_steps
-    obs = env.reset(init_state_index)
+    obs = env.reset(init_state_index) if state is None else env.reset(None, state=state)
     expert.reset(env)
     actions, states, robot_states, records = [], [], [], []
     success = False

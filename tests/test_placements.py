@@ -1,0 +1,86 @@
+"""Demonstrations that never use a benchmark init state: placements drawn by LIBERO's own sampler, seeded per
+attempt and recorded, refused when equal to one of the task's 50 benchmark init states (real LIBERO)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsd_pl import collect
+from rsd_pl.data.libero_hdf5 import demo_attributes, read_episodes
+from rsd_pl.envs import PLACEMENT_MATCH_M, LiberoEnv
+from rsd_pl.errors import RsdError
+
+pytestmark = pytest.mark.libero
+ARGS = ["--suite", "libero_spatial", "--tasks", "0", "--image_size", "32", "--cameras", "[agentview]"]
+
+
+@pytest.fixture(scope="module")
+def env():
+    with LiberoEnv("libero_spatial", 0, camera_size=None, cameras=()) as env:
+        yield env
+
+
+def test_placements_are_reproducible_per_seed_and_leave_numpy_alone(env):
+    np.random.seed(5)
+    expected_draw = np.random.uniform()
+    np.random.seed(5)
+    first = env.sample_placement(1234)
+    assert np.random.uniform() == expected_draw  # the global RNG is restored
+    with LiberoEnv("libero_spatial", 0, camera_size=None, cameras=()) as other:  # a fresh env, same seed
+        np.testing.assert_array_equal(other.sample_placement(1234), first)
+    assert np.abs(env.sample_placement(1235) - first).max() > 1e-3
+
+
+def test_the_benchmark_distance_finds_the_benchmark_states(env):
+    assert all(env.benchmark_distance(state) == 0.0 for state in env.init_states[:5])
+    distances = [env.benchmark_distance(env.sample_placement(seed)) for seed in range(10)]
+    assert min(distances) > PLACEMENT_MATCH_M  # LIBERO's regions are small: sampled states lie 1-2 cm away
+    nudged = np.array(env.init_states[3], dtype=np.float64)
+    nudged[1:] += 1e-5  # float noise on a benchmark state is still that state
+    assert env.benchmark_distance(nudged) < PLACEMENT_MATCH_M
+
+
+def test_sampled_collection_records_its_placements_and_is_reproducible(tmp_path, env):
+    runs = []
+    for name in ("a", "b"):
+        assert collect.main([*ARGS, "--episodes", "1", "--placements", "sampled", "--out", str(tmp_path / name)]) == 0
+        (path,) = (tmp_path / name).glob("*.hdf5")
+        runs.append((demo_attributes(path), read_episodes(path)))
+    (attrs,), (episode,) = runs[0]
+    assert attrs["placement"] == "sampled" and attrs["placement_index"] == 0 and "init_state_index" not in attrs
+    assert attrs["placement_seed"] == collect.placement_seed(0, 0, 0)
+    placement = env.sample_placement(attrs["placement_seed"])  # what the demo started from, drawn again
+    assert attrs["benchmark_distance_m"] == pytest.approx(env.benchmark_distance(placement))
+    assert attrs["benchmark_distance_m"] > PLACEMENT_MATCH_M  # none of the benchmark's init states
+    (attrs_b,), (episode_b,) = runs[1]  # same seed, same placement, same demo
+    assert attrs_b["placement_seed"] == attrs["placement_seed"]
+    np.testing.assert_array_equal(episode_b.actions, episode.actions)
+
+
+def test_a_placement_equal_to_a_benchmark_state_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(collect, "PLACEMENT_MATCH_M", 1.0)  # every placement "is" a benchmark state
+    out = tmp_path / "refused"
+    argv = [*ARGS, "--episodes", "1", "--attempts", "2", "--placements", "sampled", "--out", str(out)]
+    assert collect.main(argv) == 0
+    assert not list(out.glob("*.hdf5"))  # nothing collected, no empty file left behind
+    printed = "".join(capsys.readouterr())
+    assert "placement 0 (a benchmark init state: refused)" in printed and "placement 1 (a benchmark" in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--placements", "anywhere"], "--placements 'anywhere': use one of benchmark, sampled"),
+    (["--placements", "sampled", "--init_states", "0-4"], "--init_states picks benchmark init states"),
+    (["--attempts", "3"], "--attempts 3: a number >= 1, with --placements sampled only"),
+])
+def test_bad_placement_options_are_refused_before_simulating(tmp_path, extra, message):
+    with pytest.raises(RsdError, match=message):
+        collect.main([*ARGS, "--out", str(tmp_path), *extra])
+    assert not list(tmp_path.iterdir())
+
+
+def test_benchmark_and_sampled_demos_never_share_a_file(tmp_path):
+    assert collect.main([*ARGS, "--episodes", "1", "--init_states", "10", "--out", str(tmp_path)]) == 0
+    message = "holds 1 demos started from benchmark init states, but --placements is 'sampled'"
+    with pytest.raises(RsdError, match=message):
+        collect.main([*ARGS, "--episodes", "2", "--placements", "sampled", "--out", str(tmp_path)])
