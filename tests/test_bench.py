@@ -4,7 +4,6 @@ No timing assertions (shared machines are noisy): only structure and forward cou
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
