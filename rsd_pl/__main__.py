@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "the token layouts of scripts/layouts.sh side by side: success, speed over ar_exit, coherence"),
     "benchmark-table": ("rsd_pl.eval.benchmark_table", "main",
                         "a suite's benchmark: every observation setting's eval report side by side"),
+    "suites-table": ("rsd_pl.eval.suites_table", "main",
+                     "the users' table: every LIBERO suite's eval side by side, the average, LIBERO-PRO against clean"),
 }
 
 

@@ -1,0 +1,246 @@
+"""`python -m rsd_pl suites-table`: the users' table, all LIBERO suites side by side, as the papers print it.
+
+Reads `<root>/<suite>/eval/episodes.jsonl` (written by `eval`, one folder per suite, e.g. by
+`scripts/four_suites.sh`) and, where present, `<root>/<suite>/pro/episodes.jsonl` (the same model on
+LIBERO-PRO's perturbed suites). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/suites.png`:
+
+- success per suite and mode (successes / trials, Wilson 95% interval) and the average over the suites
+  (the mean of the suites' rates, as the papers average; its interval is the Wilson interval of the pooled
+  counts, exact when every suite ran as many trials);
+- each mode against `ar` on the episodes both ran (same suite, task and trial: Newcombe 95% interval,
+  exact McNemar p), per suite and pooled;
+- p50 chunk latency per suite and mode, and the speed of `speculative` against `ar_exit` measured in the
+  same run (p50 latency ratio with its bootstrap 95% interval, episodes resampled in pairs);
+- per-task tables; the published OpenVLA-OFT row for reference (not measured here);
+- LIBERO-PRO: clean against perturbed success per perturbation, paired on the same task and trial.
+
+Every figure is computed from the episode logs with the report's own functions (`rsd_pl.eval.report`,
+`rsd_pl.eval.stats`), so a suite's row equals its own `report.md`.
+
+Imports: eval.episode_log, eval.report, eval.stats, eval.plots (no models, no LIBERO: it reads run folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rsd_pl.durable import atomic_write
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.episode_log import read_episodes
+from rsd_pl.eval.plots import DPI, mode_color
+from rsd_pl.eval.report import _fmt, _p_value, _points, build_report
+from rsd_pl.eval.stats import paired_success_test, succeeded, wilson_interval
+
+SUITE_ORDER = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+OFT_PUBLISHED = {"libero_spatial": 97.6, "libero_object": 98.4, "libero_goal": 97.9, "libero_10": 94.5,
+                 "average": 97.1}
+"""OpenVLA-OFT's published success (%), 500 episodes per suite (Kim et al. 2025, Table I): for reference only."""
+PERTURBATIONS = ("lan", "object", "swap", "task")
+
+
+def load_suites(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """suite -> its clean evaluation's records, for every `<root>/<suite>/eval/episodes.jsonl`, papers' order."""
+    if not root.is_dir():
+        raise RsdError(f"{root}: no such folder (expected <root>/<suite>/eval/episodes.jsonl)")
+    found = {p.parent.parent.name: p.parent for p in sorted(root.glob("*/eval/episodes.jsonl"))}
+    if not found:
+        raise RsdError(f"{root}: no <suite>/eval/episodes.jsonl below it: run the suites' eval first")
+    names = [s for s in SUITE_ORDER if s in found] + sorted(set(found) - set(SUITE_ORDER))
+    out = {}
+    for name in names:
+        records = [r for r in read_episodes(found[name]) if r["suite"] == name]
+        if not records:
+            raise RsdError(f"{found[name]}/episodes.jsonl: no episode of suite {name} (the folder is named after it)")
+        out[name] = records
+    return out
+
+
+def _key(record: dict[str, Any]) -> tuple[str, int, int]:
+    return record["suite"], int(record["task_id"]), int(record["trial"])
+
+
+def _rate(successes: int, trials: int) -> dict[str, Any]:
+    low, high = wilson_interval(successes, trials)
+    return {"successes": successes, "trials": trials, "rate": successes / trials if trials else float("nan"),
+            "ci": [low, high]}
+
+
+def _paired(records: list[dict[str, Any]], mode: str, reference: str = "ar") -> dict[str, Any] | None:
+    """`mode` against `reference` on the episodes both ran (same suite, task, trial)."""
+    ours = {_key(r): succeeded(r) for r in records if r["mode"] == mode}
+    theirs = {_key(r): succeeded(r) for r in records if r["mode"] == reference}
+    shared = sorted(set(ours) & set(theirs))
+    if mode == reference or not shared:
+        return None
+    return paired_success_test([ours[k] for k in shared], [theirs[k] for k in shared])
+
+
+def build(root: Path) -> dict[str, Any]:
+    suites = load_suites(root)
+    modes = list(dict.fromkeys(r["mode"] for records in suites.values() for r in records))
+    table: dict[str, Any] = {"suites": {}, "average": {}, "modes": modes}
+    everything: list[dict[str, Any]] = []
+    for suite, records in suites.items():
+        report = build_report(records)
+        everything += records
+        speed = {r["slow"]: r for r in report.get("speedups") or []}.get("ar_exit")
+        table["suites"][suite] = {
+            "modes": {mode: {**_rate(m["successes"], m["trials"]), "p50_ms": m["latency_ms"]["p50"],
+                             "vs_ar": _paired(records, mode)}
+                      for mode, m in report["modes"].items()},
+            "speculative_over_ar_exit": None if speed is None else
+            {"p50_ratio": speed["p50_latency_ratio"], "ci": speed["p50_ci"], "episodes": speed.get("episodes")},
+            "tasks": report["tasks"],
+        }
+    for mode in modes:
+        rows = [s["modes"][mode] for s in table["suites"].values() if mode in s["modes"]]
+        pooled = _rate(sum(r["successes"] for r in rows), sum(r["trials"] for r in rows))
+        table["average"][mode] = {**pooled, "rate": sum(r["rate"] for r in rows) / len(rows),
+                                  "suites": len(rows), "vs_ar": _paired(everything, mode)}
+    table["pro"] = pro_comparison(root, suites)
+    return table
+
+
+def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Clean against each LIBERO-PRO perturbation, per suite and mode, paired on the same task and trial."""
+    rows = []
+    for suite, clean_records in suites.items():
+        folder = root / suite / "pro"
+        if not (folder / "episodes.jsonl").is_file():
+            continue
+        perturbed = read_episodes(folder)
+        clean = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in clean_records}
+        for perturbation in PERTURBATIONS:
+            name = f"{suite}_{perturbation}"
+            mine = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in perturbed
+                    if r["suite"] == name}
+            for mode in dict.fromkeys(k[2] for k in mine):
+                shared = sorted(k for k in mine if k[2] == mode and k in clean)
+                if not shared:
+                    continue
+                test = paired_success_test([mine[k] for k in shared], [clean[k] for k in shared])
+                rows.append({"suite": suite, "perturbation": perturbation, "mode": mode,
+                             "clean": _rate(sum(clean[k] for k in shared), len(shared)),
+                             "perturbed": _rate(sum(mine[k] for k in shared), len(shared)), "vs_clean": test})
+    return rows
+
+
+def _cell(row: dict[str, Any]) -> str:
+    low, high = row["ci"]
+    return f"{_fmt(100 * row['rate'])} ({_fmt(100 * low, '.0f')}-{_fmt(100 * high, '.0f')}) [{row['trials']}]"
+
+
+def _versus(test: dict[str, Any] | None) -> str:
+    if test is None:
+        return "-"
+    return (f"{_points(test['difference'])} ({_points(test['ci_low'])} to {_points(test['ci_high'])}), "
+            f"p {_p_value(test['p_value'])}, {test['episodes']} ep.")
+
+
+def markdown(table: dict[str, Any]) -> str:
+    suites, modes = list(table["suites"]), table["modes"]
+    lines = ["# LIBERO: all suites", "",
+             "Success (%) with the Wilson 95% interval and [episodes]. Average: the mean of the suites' rates (the "
+             "papers' average); its interval is the pooled counts' Wilson interval. OpenVLA-OFT: published, not "
+             "measured here.", "",
+             "| mode | " + " | ".join(suites) + " | average |", "|---" * (2 + len(suites)) + "|"]
+    for mode in modes:
+        cells = [_cell(table["suites"][s]["modes"][mode]) if mode in table["suites"][s]["modes"] else "-"
+                 for s in suites]
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {_cell(table['average'][mode])} |")
+    lines.append("| OpenVLA-OFT (published) | " + " | ".join(f"{OFT_PUBLISHED[s]:.1f}" if s in OFT_PUBLISHED else "-"
+                                                         for s in suites) + f" | {OFT_PUBLISHED['average']:.1f} |")
+    lines += ["", "## Against `ar`, same episodes", "",
+              "Difference in success (points), Newcombe 95% interval, exact McNemar p, paired episodes.", "",
+              "| mode | " + " | ".join(suites) + " | all suites |", "|---" * (2 + len(suites)) + "|"]
+    for mode in modes:
+        if mode == "ar":
+            continue
+        cells = [_versus(table["suites"][s]["modes"].get(mode, {}).get("vs_ar")) for s in suites]
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {_versus(table['average'][mode]['vs_ar'])} |")
+    lines += ["", "## Latency and speed", "",
+              "p50 chunk latency (ms) per suite; `speculative` vs `ar_exit`: ar_exit's p50 latency / speculative's, "
+              "measured in the same run (bootstrap 95%); above 1: speculative is faster.", "",
+              "| suite | " + " | ".join(f"{m} p50 ms" for m in modes) + " | speculative vs ar_exit |",
+              "|---" * (2 + len(modes)) + "|"]
+    for suite in suites:
+        s = table["suites"][suite]
+        speed = s["speculative_over_ar_exit"]
+        ratio = "-" if speed is None else (f"{_fmt(speed['p50_ratio'], '.2f')}x ({_fmt(speed['ci'][0], '.2f')}-"
+                                           f"{_fmt(speed['ci'][1], '.2f')})")
+        lines.append(f"| {suite} | " + " | ".join(_fmt(s["modes"][m]["p50_ms"]) if m in s["modes"] else "-"
+                                                  for m in modes) + f" | {ratio} |")
+    if table["pro"]:
+        lines += ["", "## LIBERO-PRO: clean against perturbed", "",
+                  "The same model on LIBERO-PRO's perturbation of each suite, paired with the clean run on the same "
+                  "task and trial (Newcombe 95% interval, exact McNemar p). lan: paraphrased instruction; object: "
+                  "object appearance; swap: object positions swapped; task: another task in the scene.", "",
+                  "| suite | perturbation | mode | clean | perturbed | difference |", "|---|---|---|---|---|---|"]
+        for row in table["pro"]:
+            lines.append(f"| {row['suite']} | {row['perturbation']} | {row['mode']} | {_cell(row['clean'])} | "
+                         f"{_cell(row['perturbed'])} | {_versus(row['vs_clean'])} |")
+    for suite in suites:
+        lines += ["", f"## Per task: {suite}", "", "successes / trials", "",
+                  "| task | " + " | ".join(modes) + " |", "|---" * (1 + len(modes)) + "|"]
+        by_task: dict[int, dict[str, Any]] = {}
+        for t in table["suites"][suite]["tasks"]:
+            by_task.setdefault(t["task_id"], {"name": t["task_name"]})[t["mode"]] = t
+        for task_id, row in sorted(by_task.items()):
+            cells = [f"{row[m]['successes']}/{row[m]['trials']}" if m in row else "-" for m in modes]
+            lines.append(f"| {task_id} {row['name'].replace('_', ' ')} | " + " | ".join(cells) + " |")
+    lines += ["", "![success per suite and mode](suites.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: dict[str, Any]):
+    """Success per suite (groups) and mode (points with Wilson bars), the average last."""
+    from matplotlib.figure import Figure
+
+    groups = [*table["suites"], "average"]
+    modes = table["modes"]
+    fig = Figure(figsize=(2.0 + 1.6 * len(groups), 3.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(modes), 1)
+    for j, mode in enumerate(modes):
+        for i, group in enumerate(groups):
+            row = table["average"][mode] if group == "average" else table["suites"][group]["modes"].get(mode)
+            if row is None or not row["trials"]:
+                continue
+            x, rate = i - 0.4 + width * (j + 0.5), 100 * row["rate"]
+            low, high = 100 * row["ci"][0], 100 * row["ci"][1]
+            ax.errorbar([x], [rate], yerr=[[max(rate - low, 0)], [max(high - rate, 0)]], fmt="o", capsize=3,
+                        color=mode_color(mode), label=mode if i == 0 else None)
+    for i, group in enumerate(groups):
+        if group in OFT_PUBLISHED:
+            ax.hlines(OFT_PUBLISHED[group], i - 0.45, i + 0.45, colors="grey", linestyles="dashed",
+                      label="OpenVLA-OFT (published)" if i == 0 else None)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("success (%), Wilson 95%")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncols=min(len(modes) + 1, 6), loc="lower center")
+    fig.suptitle("LIBERO: success per suite and mode", fontsize=11)
+    return fig
+
+
+def write(root: Path) -> Path:
+    table = build(root)
+    out = root / "suites.md"
+    atomic_write(out, markdown(table))
+    atomic_write(root / "suites.json", json.dumps(table, indent=2, default=float) + "\n")
+    figure(table).savefig(root / "suites.png", dpi=DPI)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rsd_pl suites-table", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="runs/four_suites",
+                        help="folder holding <suite>/eval/episodes.jsonl (and <suite>/pro/episodes.jsonl)")
+    args = parser.parse_args(argv)
+    out = write(Path(args.root))
+    print(out.read_text())
+    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+    return 0

@@ -1,0 +1,84 @@
+"""`suites-table`: every suite's evaluation side by side, on run folders the tests write in eval's own log format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_report import _write, realistic_log
+
+from rsd_pl.errors import RsdError
+from rsd_pl.eval import suites_table
+from rsd_pl.eval.report import build_report
+from rsd_pl.eval.stats import succeeded, wilson_interval
+
+
+@pytest.fixture
+def root(tmp_path):
+    """Two suites evaluated as the protocol runs them: l1 and ar_exit on trials 0-7, the other modes on 0-3; and
+    LIBERO-PRO's language perturbation of libero_spatial on trials 0-3 (every second success of the clean run lost)."""
+    records = [r for r in realistic_log(trials=8, seed=3)
+               if r["mode"] in ("l1", "ar_exit") or r["trial"] < 4]
+    for suite in ("libero_spatial", "libero_object"):
+        (tmp_path / suite / "eval").mkdir(parents=True)
+        _write(tmp_path / suite / "eval", [r for r in records if r["suite"] == suite])
+    pro = []
+    for i, r in enumerate(r for r in records if r["suite"] == "libero_spatial" and r["trial"] < 4):
+        lost = r["status"] == "success" and i % 2 == 0
+        pro.append({**r, "suite": "libero_spatial_lan", "status": "timeout" if lost else r["status"],
+                    "success": False if lost else r["success"]})
+    (tmp_path / "libero_spatial" / "pro").mkdir()
+    _write(tmp_path / "libero_spatial" / "pro", pro)
+    return tmp_path, records, pro
+
+
+def test_rows_equal_each_suites_own_report_and_the_average_is_the_papers(root):
+    folder, records, _ = root
+    out = suites_table.write(folder)
+    table = json.loads((folder / "suites.json").read_text())
+    assert list(table["suites"]) == ["libero_spatial", "libero_object"]  # the papers' order
+    for suite, row in table["suites"].items():
+        report = build_report([r for r in records if r["suite"] == suite])
+        for mode, m in report["modes"].items():
+            assert (row["modes"][mode]["successes"], row["modes"][mode]["trials"]) == (m["successes"], m["trials"])
+            assert row["modes"][mode]["p50_ms"] == pytest.approx(m["latency_ms"]["p50"])
+        speed = next(s for s in report["speedups"] if s["slow"] == "ar_exit")
+        assert row["speculative_over_ar_exit"]["p50_ratio"] == pytest.approx(speed["p50_latency_ratio"])
+        assert row["modes"]["l1"]["trials"] == 2 * row["modes"]["ar"]["trials"]  # the long modes ran 0-7
+    average = table["average"]["l1"]
+    rates = [table["suites"][s]["modes"]["l1"]["rate"] for s in table["suites"]]
+    assert average["rate"] == pytest.approx(np.mean(rates))
+    l1 = [r for r in records if r["mode"] == "l1"]
+    assert average["ci"] == pytest.approx(list(wilson_interval(sum(succeeded(r) for r in l1), len(l1))))
+    vs_ar = table["suites"]["libero_spatial"]["modes"]["l1"]["vs_ar"]  # paired on trials 0-3 only
+    assert vs_ar["episodes"] == table["suites"]["libero_spatial"]["modes"]["ar"]["trials"]
+    text = out.read_text()
+    assert "| OpenVLA-OFT (published) | 97.6 | 98.4 | 97.1 |" in text and "## Per task: libero_object" in text
+    assert (folder / "suites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_libero_pro_is_paired_with_the_clean_run_on_the_same_task_and_trial(root):
+    folder, records, pro = root
+    table = suites_table.build(folder)
+    rows = {(r["perturbation"], r["mode"]): r for r in table["pro"]}
+    assert {p for p, _ in rows} == {"lan"} and {m for _, m in rows} == {"l1", "parallel", "ar", "ar_exit",
+                                                                          "speculative"}
+    for (_, mode), row in rows.items():
+        clean = [r for r in records if r["suite"] == "libero_spatial" and r["mode"] == mode and r["trial"] < 4]
+        perturbed = [r for r in pro if r["mode"] == mode]
+        assert row["clean"]["successes"] == sum(succeeded(r) for r in clean)
+        assert row["perturbed"]["successes"] == sum(succeeded(r) for r in perturbed) < row["clean"]["successes"]
+        assert row["vs_clean"]["episodes"] == len(clean) and row["vs_clean"]["difference"] < 0
+    assert "## LIBERO-PRO: clean against perturbed" in suites_table.markdown(table)
+
+
+def test_bad_run_folders_are_refused(tmp_path):
+    with pytest.raises(RsdError, match="no <suite>/eval/episodes.jsonl below it"):
+        suites_table.build(tmp_path)
+    (tmp_path / "libero_goal" / "eval").mkdir(parents=True)
+    _write(tmp_path / "libero_goal" / "eval", [r for r in realistic_log(trials=1) if r["suite"] == "libero_object"])
+    with pytest.raises(RsdError, match="no episode of suite libero_goal"):
+        suites_table.build(tmp_path)
+    with pytest.raises(RsdError, match="no such folder"):
+        suites_table.build(tmp_path / "nope")
