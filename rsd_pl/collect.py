@@ -161,7 +161,8 @@ def run_job(job: Job) -> ExpertEpisode:
                  "placement_seed": job.placement_seed, "benchmark_distance_m": distance}
     if distance < PLACEMENT_MATCH_M:  # one of the benchmark's init states: never trained on
         return ExpertEpisode(job.init_state_index, False, 0, np.zeros((0, 7)), placement={**placement, "refused": True})
-    episode = run_expert_episode(env, None, job.max_steps, record=True, expert=expert, state=state)
+    episode = run_expert_episode(env, None, job.max_steps, record=True, expert=expert,
+                                 placement_seed=job.placement_seed)
     episode.init_state_index, episode.placement = job.init_state_index, placement
     return episode
 

@@ -32,6 +32,20 @@ def test_placements_are_reproducible_per_seed_and_leave_numpy_alone(env):
     assert np.abs(env.sample_placement(1235) - first).max() > 1e-3
 
 
+def test_an_episode_from_a_placement_seed_puts_the_fixtures_back_too(env):
+    """LIBERO places fixtures (cabinet, stove) from numpy's RNG at every reset and no simulator state holds them:
+    a reset from the same placement seed must give the same fixtures and state whatever ran before."""
+    env.reset(None, placement_seed=7)
+    fixtures, state = env.raw.sim.model.body_pos.copy(), env.sim_state()
+    np.random.seed(99)
+    env.reset(3)  # another episode in between, from another RNG state: its fixtures move
+    assert np.abs(env.raw.sim.model.body_pos - fixtures).max() > 1e-3
+    np.random.seed(123)
+    env.reset(None, placement_seed=7)
+    np.testing.assert_array_equal(env.raw.sim.model.body_pos, fixtures)
+    np.testing.assert_array_equal(env.sim_state(), state)
+
+
 def test_the_benchmark_distance_finds_the_benchmark_states(env):
     assert all(env.benchmark_distance(state) == 0.0 for state in env.init_states[:5])
     distances = [env.benchmark_distance(env.sample_placement(seed)) for seed in range(10)]
@@ -42,20 +56,21 @@ def test_the_benchmark_distance_finds_the_benchmark_states(env):
 
 
 def test_sampled_collection_records_its_placements_and_is_reproducible(tmp_path, env):
-    runs = []
-    for name in ("a", "b"):
-        assert collect.main([*ARGS, "--episodes", "1", "--placements", "sampled", "--out", str(tmp_path / name)]) == 0
-        (path,) = (tmp_path / name).glob("*.hdf5")
-        runs.append((demo_attributes(path), read_episodes(path)))
-    (attrs,), (episode,) = runs[0]
+    assert collect.main([*ARGS, "--episodes", "1", "--placements", "sampled", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.hdf5")
+    (attrs,), (episode,) = demo_attributes(path), read_episodes(path)
     assert attrs["placement"] == "sampled" and attrs["placement_index"] == 0 and "init_state_index" not in attrs
-    assert attrs["placement_seed"] == collect.placement_seed(0, 0, 0)
-    placement = env.sample_placement(attrs["placement_seed"])  # what the demo started from, drawn again
+    assert attrs["placement_seed"] == collect.placement_seed(0, 0, 0) != collect.placement_seed(0, 1, 0)
+    placement = env.sample_placement(attrs["placement_seed"])  # the same seed draws the same placement again
     assert attrs["benchmark_distance_m"] == pytest.approx(env.benchmark_distance(placement))
     assert attrs["benchmark_distance_m"] > PLACEMENT_MATCH_M  # none of the benchmark's init states
-    (attrs_b,), (episode_b,) = runs[1]  # same seed, same placement, same demo
-    assert attrs_b["placement_seed"] == attrs["placement_seed"]
-    np.testing.assert_array_equal(episode_b.actions, episode.actions)
+    env.reset(None, placement_seed=attrs["placement_seed"])  # the demo's first state is where it settles
+    import h5py
+
+    with h5py.File(path) as f:
+        first = f["data/demo_0/states"][0]
+    np.testing.assert_array_equal(env.sim_state(), first)
+    assert episode.attrs["num_samples"] == len(episode.actions)
 
 
 def test_a_placement_equal_to_a_benchmark_state_is_refused(tmp_path, monkeypatch, capsys):
@@ -80,7 +95,16 @@ def test_bad_placement_options_are_refused_before_simulating(tmp_path, extra, me
 
 
 def test_benchmark_and_sampled_demos_never_share_a_file(tmp_path):
-    assert collect.main([*ARGS, "--episodes", "1", "--init_states", "10", "--out", str(tmp_path)]) == 0
+    """A task file holding a demo from a benchmark init state (written as collect writes it) refuses sampled ones."""
+    from rsd_pl.data.synthetic import synthetic_demo
+
+    cfg = collect.CollectConfig(suite="libero_spatial", tasks="0", image_size=32, cameras=["agentview"],
+                                out=str(tmp_path))
+    with collect.open_writer(cfg, 0) as writer:
+        demo = synthetic_demo(np.random.default_rng(0), 32)
+        demo["obs"]["agentview_rgb"] = demo["obs"].pop("agentview_rgb")
+        demo["obs"].pop("eye_in_hand_rgb", None)
+        writer.add_demo(**demo, attrs={"init_state_index": 10, "expert": "pick_place", "grasp_side": 1})
     message = "holds 1 demos started from benchmark init states, but --placements is 'sampled'"
     with pytest.raises(RsdError, match=message):
         collect.main([*ARGS, "--episodes", "2", "--placements", "sampled", "--out", str(tmp_path)])

@@ -6,6 +6,7 @@ cheap. Rendering uses `MUJOCO_GL=egl` (CPU Mesa) unless the caller set something
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -112,6 +113,17 @@ def num_init_states(suite: str, task_id: int) -> int:
     return len(_benchmark(suite).get_task_init_states(task_id))
 
 
+@contextlib.contextmanager
+def _numpy_seeded(seed: int):
+    """numpy's global RNG seeded with `seed` inside, restored after (LIBERO's placement initialisers draw from it)."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
 PLACEMENT_MATCH_M = 0.001
 """A sampled placement whose every movable object lies within 1 mm of one benchmark init state's is that init state
 (`LiberoEnv.benchmark_distance`); collection refuses it. LIBERO's placement regions are small: two of a task's 50
@@ -197,9 +209,16 @@ class LiberoEnv:
                 "domain_name": self._env.domain_name}
 
     # --- episode -----------------------------------------------------------------------------
-    def reset(self, init_state_index: int | None, wait: bool = True, *, state: np.ndarray | None = None) -> dict:
+    def reset(self, init_state_index: int | None, wait: bool = True, *, state: np.ndarray | None = None,
+              placement_seed: int | None = None) -> dict:
         """Load benchmark init state `init_state_index` (or, with `init_state_index=None`, the simulator `state`
-        given, e.g. a `sample_placement`); with `wait`, run WAIT_STEPS no-op steps."""
+        given); with `wait`, run WAIT_STEPS no-op steps. `placement_seed`: start from `sample_placement(seed)`,
+        fixtures included (LIBERO places fixtures such as the cabinet from numpy's RNG at every reset, and a
+        simulator state does not hold them: only a reset seeded the same way puts them back)."""
+        if placement_seed is not None:
+            state = self.sample_placement(placement_seed)
+            with _numpy_seeded(placement_seed):
+                return self._reset_to(state, wait)
         if init_state_index is None:
             if state is None:
                 raise RsdError("LiberoEnv.reset: give an init state index or a state")
@@ -208,6 +227,9 @@ class LiberoEnv:
             check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
                         self.num_init_states)
             target = self.init_states[init_state_index]
+        return self._reset_to(target, wait)
+
+    def _reset_to(self, target: np.ndarray, wait: bool) -> dict:
         self._env.reset()
         self._reset_gripper_commands()
         self._set_render_flags()
@@ -222,13 +244,9 @@ class LiberoEnv:
         """A fresh placement of the task's objects, drawn by LIBERO's own sampler from the BDDL's regions (its
         placement initialisers draw from numpy's global RNG at reset; seeded here with `seed`, then restored):
         the flattened simulator state, the form of a benchmark init state, for `reset(None, state=...)`."""
-        saved = np.random.get_state()
-        try:
-            np.random.seed(seed)
+        with _numpy_seeded(seed):
             self._env.reset()
             return np.asarray(self.raw.sim.get_state().flatten(), dtype=np.float64).copy()
-        finally:
-            np.random.set_state(saved)
 
     def _free_joint_positions(self, states: np.ndarray) -> np.ndarray:
         """xyz of every free-joint body (the movable objects) in flattened simulator states: (..., J, 3)."""

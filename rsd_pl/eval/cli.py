@@ -2,13 +2,13 @@
 `EvalSession` run. Everything a run needs is checked before the first episode: suites, tasks, modes, registry
 names, lineage of tokenizer -> main -> draft, a draft for speculative mode, the render side.
 
-Imports: eval.config, eval.session (and jsonargparse).
+Imports: eval.config, eval.episode_log, eval.episodes, eval.session (and jsonargparse).
 """
 
 from __future__ import annotations
 
 from rsd_pl.eval.config import EvalConfig, validate_config
-from rsd_pl.eval.episode_log import EPISODES_FILE
+from rsd_pl.eval.episode_log import EPISODES_FILE, read_episodes
 from rsd_pl.eval.episodes import output_lock
 from rsd_pl.eval.session import EvalSession
 
@@ -24,7 +24,7 @@ def parse_config(argv: list[str]) -> EvalConfig:
 def main(argv: list[str]) -> int:
     """`python -m rsd_pl eval --config configs/eval_libero_spatial.yaml [--field value ...]`."""
     cfg = parse_config(argv)
-    validate_config(cfg)
+    validate_config(cfg, logged_modes={r["mode"] for r in read_episodes(cfg.out)})  # extending a run: its modes count
     with output_lock(cfg.out, "eval"):  # before the models load: a second writer is refused at once
         return _main(cfg)
 

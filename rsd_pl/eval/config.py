@@ -138,8 +138,9 @@ def resolve_camera_size(cfg: EvalConfig, trained: int | None, source: str) -> in
     return cfg.camera_size
 
 
-def validate_config(cfg: EvalConfig) -> None:
-    """Plain value checks (no registry, no LIBERO): RsdError naming the bad key."""
+def validate_config(cfg: EvalConfig, logged_modes: frozenset[str] | set[str] = frozenset()) -> None:
+    """Plain value checks (no registry, no LIBERO): RsdError naming the bad key. `logged_modes`: the modes the output
+    folder's log already holds (a run that extends an earlier one may leave the reference mode out of `modes`)."""
     from rsd_pl.envs import parse_index_list, suite_spec
 
     unknown = [m for m in cfg.modes if m not in MODES]
@@ -147,9 +148,9 @@ def validate_config(cfg: EvalConfig) -> None:
         raise RsdError(f"modes={cfg.modes}: must be a non-empty list of {MODES}")
     if len(set(cfg.modes)) != len(cfg.modes):
         raise RsdError(f"modes={cfg.modes}: a mode is listed twice")
-    if cfg.reference_mode not in cfg.modes:
-        raise RsdError(f"reference_mode={cfg.reference_mode!r} is not one of modes={cfg.modes}: the report "
-                       "compares every mode with it on the same episodes")
+    if cfg.reference_mode not in cfg.modes and cfg.reference_mode not in logged_modes:
+        raise RsdError(f"reference_mode={cfg.reference_mode!r} is not one of modes={cfg.modes} (nor logged in "
+                       f"{cfg.out}): the report compares every mode with it on the same episodes")
     if cfg.deviation_reference is not None and cfg.deviation_reference not in RSD_MODES:
         raise RsdError(f"deviation_reference={cfg.deviation_reference!r} must be an RSD mode {RSD_MODES} or null")
     if not cfg.main and any(m in RSD_MODES for m in cfg.modes):

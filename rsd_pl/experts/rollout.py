@@ -23,9 +23,9 @@ class ExpertEpisode:
 
 
 def run_expert_episode(env, init_state_index: int | None, max_steps: int | None = None, record: bool = False,
-                       expert=None, state: np.ndarray | None = None) -> ExpertEpisode:
-    """Reset `env` to an init state (a benchmark index, or with `init_state_index=None` the simulator `state`, e.g.
-    a sampled placement) with the wait steps, let the expert (default: the one for the env's goal,
+                       expert=None, placement_seed: int | None = None) -> ExpertEpisode:
+    """Reset `env` to an init state (a benchmark index, or with `init_state_index=None` the sampled placement of
+    `placement_seed`) with the wait steps, let the expert (default: the one for the env's goal,
     `rsd_pl.experts.select.expert_for`) act until the env reports success or `max_steps` (default: the suite's)
     run out. A timeout is a failure.
 
@@ -37,7 +37,7 @@ def run_expert_episode(env, init_state_index: int | None, max_steps: int | None 
 
         expert = expert_for(env.goal, env=env)
     max_steps = env.max_steps if max_steps is None else max_steps
-    obs = env.reset(init_state_index) if state is None else env.reset(None, state=state)
+    obs = env.reset(init_state_index) if placement_seed is None else env.reset(None, placement_seed=placement_seed)
     expert.reset(env)
     actions, states, robot_states, records = [], [], [], []
     success = False

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The users' table on the full protocol (README "Four-suite table"): for each LIBERO suite, demos from fresh
+# placements (never a benchmark init state), one multi-task main model in the VLA setting (camera + proprio) with
+# the benchmark recipe, then evaluation on the benchmark's own init states:
+#   1. l1, parallel, ar, ar_exit, speculative on trials 0-9 of every task (the same episodes in every mode)
+#   2. l1 and ar_exit (the regression baseline and the recommended mode) on trials 10-49 as well: 500 episodes each
+#   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode
+# and finally `python -m rsd_pl suites-table` over every suite done so far.
+#   bash scripts/four_suites.sh                                  # all four suites, one after the other
+#   bash scripts/four_suites.sh libero_object                   # one suite
+#   STEPS="collect fit" bash scripts/four_suites.sh libero_goal # only some steps: collect fit eval long pro table
+# Everything resumes: rerun the same command after an interruption (collect and eval skip what is done, a fit already
+# exported is skipped, an interrupted fit continues from its last.ckpt). Each step fits in one working session.
+# Artifacts: data/four_suites/<suite>, checkpoints/four_suites/<suite>, runs/four_suites/<suite>/{rfsq,main,eval,pro},
+# runs/four_suites/suites.{md,json,png}. Env: NUM_ENVS (2), DEMOS (per task, 20), FULL_TRIALS (50), TRIALS (10).
+# `--smoke` (first argument): task 0, 2 demos at 32 px, a few training steps, 1-2 trials of 24 steps with one env,
+# no LIBERO-PRO step, into $FOUR_SUITES_ROOT (default runs/four-suites-smoke): what CI runs so this script keeps working.
+set -euo pipefail
+collect_extra=() fit_extra=() eval_extra=() pro_suffixes=(lan object swap)
+trials=${TRIALS:-10} full_trials=${FULL_TRIALS:-50} demos=${DEMOS:-20} num_envs=${NUM_ENVS:-2}
+if [[ "${1:-}" == "--smoke" ]]; then
+  shift
+  root="${FOUR_SUITES_ROOT:-runs/four-suites-smoke}"
+  collect_extra=(--tasks 0 --attempts 4 --workers 1 --image_size 32)
+  fit_extra=(--trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 2
+             --trainer.check_val_every_n_epoch 1 --trainer.enable_progress_bar false)
+  eval_extra=(--tasks 0 --max_steps 24 --camera_size null)  # null: the demos' 32 px
+  trials=1 full_trials=2 demos=2 num_envs=1 pro_suffixes=()  # eval on LIBERO-PRO: tests/test_libero_pro.py
+fi
+suites=("$@")
+[[ ${#suites[@]} -gt 0 ]] || suites=(libero_spatial libero_object libero_goal libero_10)
+steps=" ${STEPS:-collect fit eval long pro table} "
+if [[ -n "${root:-}" ]]; then base_data=$root/data base_ckpt=$root/checkpoints base_runs=$root/runs
+else base_data=data/four_suites base_ckpt=checkpoints/four_suites base_runs=runs/four_suites; fi
+data="" registry="" runs=""
+source "$(dirname "$0")/pipeline.sh"  # set-up, banner, fit_step
+configs=configs/benchmark
+for suite in "${suites[@]}"; do
+  [[ -f $configs/collect_$suite.yaml ]] || { echo "no $configs/collect_$suite.yaml: one of libero_spatial, libero_object, libero_goal, libero_10" >&2; exit 2; }
+done
+step() { [[ "$steps" == *" $1 "* ]]; }
+evaluate() {  # evaluate OUT SUITES MODES TRIALS [EXTRA...]: eval.yaml with this suite's registry, resumable
+  $PY -m rsd_pl eval --config $configs/eval.yaml --registry "$registry" --suites "$2" --modes "$3" \
+    --num_trials "$4" --out "$1" --num_envs "$num_envs" --progress_bar false "${eval_extra[@]}" "${@:5}"
+}
+
+for suite in "${suites[@]}"; do
+  data=$base_data/$suite registry=$base_ckpt/$suite runs=$base_runs/$suite
+  if step collect; then
+    banner "collect $suite: $demos demos per task from sampled placements ($data; finished demos are kept)"
+    $PY -m rsd_pl collect --config "$configs/collect_$suite.yaml" --placements sampled --init_states null \
+      --episodes "$demos" --out "$data" "${collect_extra[@]}"
+  fi
+  if step fit; then
+    fit_step rfsq $configs/rfsq.yaml
+    fit_step main $configs/main_images.yaml
+  fi
+  if step eval; then
+    banner "eval $suite: every mode on trials 0-$((trials - 1)) (finished episodes are reused)"
+    evaluate "$runs/eval" "[$suite]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
+  fi
+  if step long; then
+    banner "eval $suite: l1 and ar_exit on trials 0-$((full_trials - 1)) (the benchmark's $full_trials init states)"
+    # ar ran on trials 0-9 in the step before (the report's reference); its action gap there is enough
+    evaluate "$runs/eval" "[$suite]" "[l1,ar_exit]" "$full_trials" --deviation_reference null
+  fi
+  if step pro && [[ ${#pro_suffixes[@]} -gt 0 ]]; then
+    pro=$(printf "${suite}_%s," "${pro_suffixes[@]}")
+    banner "eval $suite on LIBERO-PRO (${pro%,}): every mode on trials 0-$((trials - 1))"
+    evaluate "$runs/pro" "[${pro%,}]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
+  fi
+done
+if step table; then
+  banner "the table of every suite done so far"
+  $PY -m rsd_pl suites-table --root "$base_runs"
+  banner "done: $base_runs/suites.md, TensorBoard: tensorboard --logdir $base_runs"
+fi
