@@ -243,3 +243,17 @@ def test_shipped_configs_parse_and_validate(path):
 def test_reference_mode_must_be_evaluated(tmp_path):
     with pytest.raises(RsdError, match="reference_mode='ar' is not one of modes"):
         validate_config(_cfg(tmp_path, modes=["l1", "parallel"]))
+    validate_config(_cfg(tmp_path, modes=["l1", "parallel"]), logged_modes={"ar", "l1"})  # a run that extends one
+
+
+def test_extending_a_run_may_leave_out_the_logged_reference_mode(tmp_path, capsys):
+    """Through the CLI: modes without `ar` are refused in an empty folder, accepted where the log holds `ar`."""
+    from rsd_pl.__main__ import main as cli
+
+    out = tmp_path / "run"
+    argv = ["eval", "--modes", "[l1]", "--out", str(out), "--registry", str(tmp_path / "empty"), "--main", "nosuch@1"]
+    assert cli(argv) == 1 and "reference_mode='ar' is not one of modes=['l1'] (nor logged in" in capsys.readouterr().err
+    out.mkdir()
+    (out / EPISODES_FILE).write_text(json.dumps({"suite": "libero_spatial", "task_id": 0, "trial": 0, "mode": "ar",
+                                                 "status": "timeout"}) + "\n")
+    assert cli(argv) == 1 and "nosuch" in capsys.readouterr().err  # past the mode check, stopped at the registry
