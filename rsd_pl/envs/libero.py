@@ -209,28 +209,25 @@ class LiberoEnv:
                 "domain_name": self._env.domain_name}
 
     # --- episode -----------------------------------------------------------------------------
-    def reset(self, init_state_index: int | None, wait: bool = True, *, state: np.ndarray | None = None,
-              placement_seed: int | None = None) -> dict:
-        """Load benchmark init state `init_state_index` (or, with `init_state_index=None`, the simulator `state`
-        given); with `wait`, run WAIT_STEPS no-op steps. `placement_seed`: start from `sample_placement(seed)`,
-        fixtures included (LIBERO places fixtures such as the cabinet from numpy's RNG at every reset, and a
-        simulator state does not hold them: only a reset seeded the same way puts them back)."""
-        if placement_seed is not None:
-            state = self.sample_placement(placement_seed)
-            with _numpy_seeded(placement_seed):
-                return self._reset_to(state, wait)
+    def reset(self, init_state_index: int | None, wait: bool = True, *, placement_seed: int | None = None) -> dict:
+        """Load benchmark init state `init_state_index`, or with `init_state_index=None` the placement that
+        `sample_placement(placement_seed)` draws, fixtures included (LIBERO places fixtures such as the cabinet
+        from numpy's RNG at every reset, and a simulator state does not hold them: only a reset seeded the same
+        way puts them back); with `wait`, run WAIT_STEPS no-op steps."""
         if init_state_index is None:
-            if state is None:
-                raise RsdError("LiberoEnv.reset: give an init state index or a state")
-            target = np.asarray(state, dtype=np.float64)
-        else:
-            check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
-                        self.num_init_states)
-            target = self.init_states[init_state_index]
-        return self._reset_to(target, wait)
+            if placement_seed is None:
+                raise RsdError("LiberoEnv.reset: give an init state index or a placement seed")
+            with _numpy_seeded(placement_seed):
+                return self._reset_to(None, wait)  # the seeded reset itself places everything
+        check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
+                    self.num_init_states)
+        return self._reset_to(self.init_states[init_state_index], wait)
 
-    def _reset_to(self, target: np.ndarray, wait: bool) -> dict:
+    def _reset_to(self, target: np.ndarray | None, wait: bool) -> dict:
+        """Reset, then load `target` (None: the state the reset itself placed)."""
         self._env.reset()
+        if target is None:
+            target = self.sim_state()
         self._reset_gripper_commands()
         self._set_render_flags()
         self._render_now = self.render_every_step or not wait
@@ -243,7 +240,8 @@ class LiberoEnv:
     def sample_placement(self, seed: int) -> np.ndarray:
         """A fresh placement of the task's objects, drawn by LIBERO's own sampler from the BDDL's regions (its
         placement initialisers draw from numpy's global RNG at reset; seeded here with `seed`, then restored):
-        the flattened simulator state, the form of a benchmark init state, for `reset(None, state=...)`."""
+        the flattened simulator state, the form of a benchmark init state (`reset(None, placement_seed=seed)` starts
+        an episode from it)."""
         with _numpy_seeded(seed):
             self._env.reset()
             return np.asarray(self.raw.sim.get_state().flatten(), dtype=np.float64).copy()

@@ -167,24 +167,32 @@ def figure(suite: str, reports: dict[str, dict[str, Any]]):
     return fig
 
 
-def write(root: Path) -> Path:
-    reports = load_settings(root)
-    suite = root.name
-    out = root / "benchmark.md"
-    tests = compare_settings(root, list(reports))
-    atomic_write(out, markdown(suite, reports, tests))
-    atomic_write(root / "benchmark.json", json.dumps({"suite": suite, "settings": reports,
-                                                      "settings_compared": tests}, indent=2, default=float) + "\n")
-    figure(suite, reports).savefig(root / "benchmark.png", dpi=DPI)
+def save_table(out: Path, text: str, data: dict[str, Any], fig) -> Path:
+    """`out` (.md), its .json and .png, each replaced atomically (the tables of benchmark-table and suites-table)."""
+    atomic_write(out, text)
+    atomic_write(out.with_suffix(".json"), json.dumps(data, indent=2, default=float) + "\n")
+    fig.savefig(out.with_suffix(".png"), dpi=DPI)
     return out
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rsd_pl benchmark-table", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="runs/benchmark/libero_spatial",
-                        help="a suite's benchmark folder holding <setting>/eval/report.json")
-    args = parser.parse_args(argv)
-    out = write(Path(args.root))
+def table_main(argv: list[str], prog: str, doc: str, default_root: str, root_help: str, write) -> int:
+    """The command of a table: `--root`, then `write(root)`; prints the markdown and the files written."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--root", default=default_root, help=root_help)
+    out = write(Path(parser.parse_args(argv).root))
     print(out.read_text())
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
     return 0
+
+
+def write(root: Path) -> Path:
+    reports = load_settings(root)
+    suite = root.name
+    tests = compare_settings(root, list(reports))
+    return save_table(root / "benchmark.md", markdown(suite, reports, tests),
+                      {"suite": suite, "settings": reports, "settings_compared": tests}, figure(suite, reports))
+
+
+def main(argv: list[str]) -> int:
+    return table_main(argv, "python -m rsd_pl benchmark-table", __doc__, "runs/benchmark/libero_spatial",
+                      "a suite's benchmark folder holding <setting>/eval/report.json", write)

@@ -17,20 +17,19 @@ LIBERO-PRO's perturbed suites). Writes `<root>/suites.md`, `<root>/suites.json` 
 Every figure is computed from the episode logs with the report's own functions (`rsd_pl.eval.report`,
 `rsd_pl.eval.stats`), so a suite's row equals its own `report.md`.
 
-Imports: eval.episode_log, eval.report, eval.stats, eval.plots (no models, no LIBERO: it reads run folders).
+Imports: eval.benchmark_table (its writers), eval.episode_log, eval.report, eval.stats, eval.plots (no models, no
+LIBERO: it reads run folders).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from rsd_pl.durable import atomic_write
 from rsd_pl.errors import RsdError
+from rsd_pl.eval.benchmark_table import save_table, table_main
 from rsd_pl.eval.episode_log import read_episodes
-from rsd_pl.eval.plots import DPI, mode_color
+from rsd_pl.eval.plots import mode_color
 from rsd_pl.eval.report import _fmt, _p_value, _points, build_report
 from rsd_pl.eval.stats import paired_success_test, succeeded, wilson_interval
 
@@ -228,19 +227,9 @@ def figure(table: dict[str, Any]):
 
 def write(root: Path) -> Path:
     table = build(root)
-    out = root / "suites.md"
-    atomic_write(out, markdown(table))
-    atomic_write(root / "suites.json", json.dumps(table, indent=2, default=float) + "\n")
-    figure(table).savefig(root / "suites.png", dpi=DPI)
-    return out
+    return save_table(root / "suites.md", markdown(table), table, figure(table))
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rsd_pl suites-table", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="runs/four_suites",
-                        help="folder holding <suite>/eval/episodes.jsonl (and <suite>/pro/episodes.jsonl)")
-    args = parser.parse_args(argv)
-    out = write(Path(args.root))
-    print(out.read_text())
-    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
-    return 0
+    return table_main(argv, "python -m rsd_pl suites-table", __doc__, "runs/four_suites",
+                      "folder holding <suite>/eval/episodes.jsonl (and <suite>/pro/episodes.jsonl)", write)
