@@ -11,31 +11,36 @@ data=data/quickstart/libero_spatial runs_root=runs/layouts registry_root=checkpo
 registry=$registry_root runs=$runs_root
 source "$(dirname "$0")/pipeline.sh"  # set-up, banner, fit_step (the quickstart's recipes)
 
-# name: positions latent_dim group num_levels num_layers  (latent = positions x latent_dim scalars)
+# name: positions latent_dim group num_levels num_layers factored  (latent = positions x latent_dim scalars;
+# factored 1: a code's logit is its digits' logits plus a joint correction, MainModelConfig.factored)
 declare -A SPEC=(
-  [g4x2]="2 4 4 7 4"     # 8 scalars in 2 tokens of 4 (2,401 codes each)
-  [g4x1]="1 4 4 7 4"     # 4 scalars in 1 token of 4
-  [scalar]="8 16 1 7 8"  # the original layout: 128 one-scalar tokens of 7 codes
-  [g4x4]="4 4 4 7 4"     # 16 scalars in 4 tokens of 4
-  [g2x4]="4 2 2 7 4"     # 8 scalars in 4 tokens of 2 (49 codes each)
+  [g4x2]="2 4 4 7 4 0"     # 8 scalars in 2 tokens of 4 (2,401 codes each)
+  [g4x1]="1 4 4 7 4 0"     # 4 scalars in 1 token of 4
+  [scalar]="8 16 1 7 8 0"  # the original layout: 128 one-scalar tokens of 7 codes
+  [g4x4]="4 4 4 7 4 0"     # 16 scalars in 4 tokens of 4
+  [g2x4]="4 2 2 7 4 0"     # 8 scalars in 4 tokens of 2 (49 codes each)
+  [g4x2f]="2 4 4 7 4 1"    # g4x2 with factored heads
+  [g4x4f]="4 4 4 7 4 1"    # g4x4 with factored heads
 )
-ORDER=(g4x2 g4x1 scalar g4x4 g2x4)
+ORDER=(g4x2 g4x1 scalar g4x4 g2x4 g4x2f g4x4f)
 read -r -a chosen <<< "${LAYOUTS:-${ORDER[*]}}"
 
 banner "collect the quickstart demos ($data; finished episodes are kept)"
 $PY -m rsd_pl collect --config configs/quickstart/collect.yaml --out "$data"
 for name in "${chosen[@]}"; do
   [[ -n "${SPEC[$name]:-}" ]] || { echo "unknown layout '$name' (known: ${ORDER[*]})" >&2; exit 2; }
-  read -r positions latent_dim group levels layers <<< "${SPEC[$name]}"
+  read -r positions latent_dim group levels layers factored <<< "${SPEC[$name]}"
   registry=$registry_root/$name runs=$runs_root/$name
-  banner "layout $name: $positions positions x $latent_dim scalars, tokens of $group, K $levels, $layers layers"
+  banner "layout $name: $positions positions x $latent_dim scalars, tokens of $group, K $levels, $layers layers" \
+    "$( ((factored)) && echo ", factored heads")"
   layout=(--positions "$positions" --latent_dim "$latent_dim" --group "$group" --num_levels "$levels"
           --num_layers "$layers")
+  heads=(); ((factored)) && heads=(--factored true)
   # the tokenizer gets the quickstart's time budget (max_time 1.5 min) rather than its 40 epochs: 40 epochs
   # (about 25 s) leave the small latents far from their floor (8 scalars: 0.034 after 40 epochs)
   fit_extra=("${layout[@]/#--/--model.init_args.}" --trainer.max_epochs 150)
   fit_step rfsq
-  fit_extra=("${layout[@]/#--/--model.init_args.network.}")
+  fit_extra=("${layout[@]/#--/--model.init_args.network.}" "${heads[@]/#--/--model.init_args.network.}")
   fit_step main
   fit_extra=()
   fit_step draft
@@ -48,7 +53,7 @@ for name in "${chosen[@]}"; do
   for p in 0.7 0.5; do
     if [[ ! -f "$runs/multimodal_offline_p$p.json" ]]; then
       banner "layout $name: multimodal-offline p_a $p"
-      $PY -m rsd_pl multimodal-offline "${layout[@]}" --p_a "$p" --out "$runs/multimodal_offline_p$p.json"
+      $PY -m rsd_pl multimodal-offline "${layout[@]}" "${heads[@]}" --p_a "$p" --out "$runs/multimodal_offline_p$p.json"
     fi
   done
 done

@@ -41,16 +41,28 @@ TINY_BACKBONE = dict(
 
 def tiny_main(
     seed: int, chunk_len: int = 2, latent_dim: int = 3, num_layers: int = 8, num_levels: int = 5,
-    dtype: torch.dtype = torch.float64, positions: int | None = None, group: int = 1,
+    dtype: torch.dtype = torch.float64, positions: int | None = None, group: int = 1, factored: bool = False,
 ) -> MainModel:
     """A real MainModel at toy size, random init, float64 so argmax ties cannot flip between
     batched and one-block-at-a-time forwards. positions / group: the token layout (default: one
-    position per step, one scalar per token)."""
+    position per step, one scalar per token); factored: digit + joint heads, the joint correction drawn
+    at random too (it starts at zero in training) so that both terms count."""
     torch.manual_seed(seed)
     backbone = BackboneConfig(image_size=16, patch_size=8, max_text_len=4, extra=dict(TINY_BACKBONE))
-    cfg = MainModelConfig(backbone=backbone, chunk_len=chunk_len, latent_dim=latent_dim,
-                          num_layers=num_layers, num_levels=num_levels, positions=positions, group=group)
-    return MainModel(cfg).to(dtype).eval()
+    cfg = MainModelConfig(backbone=backbone, chunk_len=chunk_len, latent_dim=latent_dim, num_layers=num_layers,
+                          num_levels=num_levels, positions=positions, group=group, factored=factored)
+    model = MainModel(cfg)
+    if factored:
+        randomise_joint_heads([*model.layer_heads.heads, model.parallel_head.proj])
+    return model.to(dtype).eval()
+
+
+def randomise_joint_heads(heads: list[torch.nn.Linear]) -> None:
+    """Draw the joint corrections of factored heads (zero at init) at random."""
+    with torch.no_grad():
+        for head in heads:
+            head.weight.normal_(0, 0.1)
+            head.bias.normal_(0, 0.1)
 
 
 def tiny_batch(seed: int, batch_size: int, dtype: torch.dtype = torch.float64, repeat: bool = False) -> dict:
@@ -71,8 +83,11 @@ def tiny_draft(main: MainModel, seed: int) -> DraftModel:
     torch.manual_seed(seed)
     cfg = DraftConfig(main_hidden=main.hidden_size, hidden=16, layers=1, heads=2, mlp=32, chunk_len=main.chunk_len,
                       latent_dim=main.latent_dim, num_layers=main.num_layers, num_levels=main.num_levels,
-                      positions=main.positions, group=main.group)
-    return DraftModel(cfg).to(next(main.parameters()).dtype).eval()
+                      positions=main.positions, group=main.group, factored=main.cfg.factored)
+    draft = DraftModel(cfg)
+    if main.cfg.factored:
+        randomise_joint_heads(list(draft.heads.heads))
+    return draft.to(next(main.parameters()).dtype).eval()
 
 
 def tiny_tokenizer(main: MainModel, seed: int = 0) -> ActionRFSQAE:

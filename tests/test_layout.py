@@ -14,10 +14,12 @@ import torch
 from rsd_pl.errors import RsdError
 from rsd_pl.models.backbone import BackboneConfig
 from rsd_pl.models.draft import DraftConfig, DraftModel
+from rsd_pl.models.heads import joint_logits
 from rsd_pl.models.layout import MAX_VOCAB, TokenLayout
 from rsd_pl.models.main_model import MainModel, MainModelConfig
 from rsd_pl.models.openvla.backbone import block_causal_mask
 from rsd_pl.models.rfsq import ActionRFSQAE
+from tests.stubs import randomise_joint_heads
 
 MICRO = dict(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64,
              hidden=32, layers=2, heads=2, kv_heads=1, mlp=64)
@@ -25,6 +27,7 @@ MICRO = dict(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64,
 # on 2 positions (2 tokens per position): both have fewer positions than steps.
 GROUPED = [dict(positions=4, latent_dim=4, group=4, num_levels=7),
            dict(positions=2, latent_dim=4, group=2, num_levels=5)]
+FACTORED = dict(positions=2, latent_dim=4, group=2, num_levels=5, factored=True)
 
 
 def test_join_and_split_are_inverse_and_most_significant_first():
@@ -97,9 +100,32 @@ def micro_batch(batch_size: int = 2) -> dict:
             "instruction": ["pick up the black bowl", "put the bowl on the stove"][:batch_size]}
 
 
-@pytest.mark.parametrize("settings", GROUPED)
+def test_factored_logits_score_a_code_as_its_digits_plus_its_correction():
+    layout = TokenLayout.of(chunk_len=8, latent_dim=3, num_levels=5, positions=8, group=3)
+    digit_logits, correction = torch.randn(2, 3, 5), torch.randn(2, 125)
+    logits = joint_logits(digit_logits, correction)
+    digits = layout.split(torch.arange(125).view(125, 1, 1))[:, :, 0].T  # (g, codes): [codes, n 1, m 1] -> digits
+    expected = correction + sum(digit_logits[:, i, digits[i]] for i in range(3))
+    torch.testing.assert_close(logits, expected)
+
+
+def test_a_factored_model_starts_as_independent_digits_and_its_old_layouts_are_unchanged():
+    model = micro_main(**FACTORED)
+    logits = model(micro_batch(), torch.randint(0, 25, (2, 2, 2, 5))).layer_logits.detach()  # (B, L, P, n, 25)
+    probs = logits.softmax(-1).view(*logits.shape[:-1], 5, 5)
+    marginals = probs.sum(-1, keepdim=True) * probs.sum(-2, keepdim=True)  # product of the two digits' marginals
+    torch.testing.assert_close(probs, marginals, atol=1e-6, rtol=1e-5)  # zero correction: independent digits
+    plain = {k for k in micro_main(**GROUPED[1]).state_dict()}
+    assert plain < set(model.state_dict())  # factored adds digit heads, keeps every key of the plain model
+    assert {k for k in micro_main(**(FACTORED | dict(group=1, latent_dim=4))).state_dict()} == \
+        {k for k in micro_main(positions=2, latent_dim=4, num_levels=5).state_dict()}  # g 1: nothing to factor
+
+
+@pytest.mark.parametrize("settings", GROUPED + [FACTORED])
 def test_grouped_main_model_prefill_and_extend_equal_teacher_forcing(settings):
     model = micro_main(**settings)
+    if settings.get("factored"):  # the joint correction starts at zero; draw it so both terms count
+        randomise_joint_heads([*model.layer_heads.heads, model.parallel_head.proj])
     layout = model.layout
     vocab, positions, tokens = layout.vocab_size, layout.positions, layout.tokens_per_position
     batch, codes = micro_batch(), torch.randint(0, vocab, (2, positions, tokens, 5))
@@ -126,11 +152,13 @@ def test_grouped_main_model_prefill_and_extend_equal_teacher_forcing(settings):
     assert not torch.allclose(later[:, 3:], reference.layer_logits[:, 3:])
 
 
-@pytest.mark.parametrize("settings", GROUPED)
+@pytest.mark.parametrize("settings", GROUPED + [FACTORED])
 def test_grouped_draft_cache_matches_teacher_forcing(settings):
     torch.manual_seed(0)
     draft = DraftModel(DraftConfig(main_hidden=32, hidden=32, layers=2, heads=2, mlp=64, num_layers=5,
                                    **settings)).eval()
+    if settings.get("factored"):
+        randomise_joint_heads(list(draft.heads.heads))
     layout = draft.layout
     query, codes = torch.randn(3, 8, 32), torch.randint(0, layout.vocab_size, (3, layout.positions,
                                                                                  layout.tokens_per_position, 5))

@@ -91,6 +91,8 @@ def training_figures(registry_dir: Path) -> dict[str, Any]:
         out["parallel_acc"] = [main.metrics.get(f"val/parallel_acc_layer_{m}", math.nan)
                                for m in range(1, layers + 1)]
         out["l1_ar"], out["l1_regression"] = main.metrics.get("val/l1_ar"), main.metrics.get("val/l1_regression")
+        if main.config["model"].get("factored") and "layout" in out:
+            out["layout"]["describe"] += ", factored heads"
     if (draft := _artifact(registry, "draft")) is not None:
         out["draft_agreement_layer_2"] = draft.metrics.get("val/agreement_layer_2")
     return out

@@ -55,6 +55,8 @@ class OfflineConfig:
     """Token positions per layer block (None: one per step); the token layout with latent_dim and group."""
     group: int = 1
     """Latent scalars per token (a token is one of num_levels**group codes)."""
+    factored: bool = False
+    """Factored token heads (digit logits + a joint correction; `MainModelConfig.factored`)."""
     out: str | None = None
     """Where the json goes (default runs/multimodal_offline/p<p_a>_steps<main_steps>.json)."""
     modes: list[str] = field(default_factory=lambda: ["l1", "parallel", "ar", "ar_sampled", "speculative_sampled"])
@@ -116,12 +118,12 @@ def train_models(cfg: OfflineConfig) -> tuple[ActionRFSQAE, object, torch.Tensor
                  kv_heads=2, mlp=128)
     backbone = BackboneConfig(image_size=16, patch_size=8, num_cameras=1, use_object_pos=True, max_text_len=8,
                               extra=sizes)
-    main = MainModel(MainModelConfig(backbone=backbone, **layout))
+    main = MainModel(MainModelConfig(backbone=backbone, factored=cfg.factored, **layout))
     optimizer = torch.optim.AdamW(main.parameters(), lr=2e-3)
     obs = _observation(cfg.batch_size)
     for _ in range(cfg.main_steps):
         pick = torch.randint(len(chunks), (cfg.batch_size,), generator=generator)
-        loss = sum(token_losses(main(obs, codes[pick]), codes[pick], chunks[pick]).values())  # as MainModule
+        loss = sum(token_losses(main(obs, codes[pick]), codes[pick], chunks[pick], cfg.group).values())  # as MainModule
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

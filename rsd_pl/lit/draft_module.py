@@ -100,7 +100,8 @@ class DraftModule(L.LightningModule):
         self.draft_cfg = DraftConfig(main_hidden=main_model.hidden_size, hidden=hidden, layers=layers, heads=heads,
                                      mlp=mlp, chunk_len=cfg.chunk_len, latent_dim=cfg.latent_dim,
                                      num_layers=cfg.num_layers, num_levels=cfg.num_levels,
-                                     positions=cfg.layout.positions, group=cfg.group)
+                                     positions=cfg.layout.positions, group=cfg.group,
+                                     factored=cfg.factored)
         self.draft = DraftModel(self.draft_cfg)
         self.data_fingerprint: str | None = None
         self.val_metrics: dict[str, float] = {}

@@ -148,7 +148,7 @@ class MainModule(L.LightningModule):
     def _losses(self, batch: dict):
         codes = batch["codes"][..., : self.cfg.num_layers]  # (B, P, n, L)
         out = self.model(batch, codes)
-        parts = token_losses(out, codes, batch["actions"])
+        parts = token_losses(out, codes, batch["actions"], self.cfg.group)
         hp = self.hparams
         loss = hp.ar_weight * parts["ce_ar"] + hp.parallel_weight * parts["ce_parallel"] + hp.l1_weight * parts["l1"]
         return loss, parts, out, codes.permute(0, 3, 1, 2)  # targets (B, L, P, n)

@@ -44,6 +44,8 @@ class DraftConfig:
     """P: token positions per layer block (None = chunk_len), as the main model's."""
     group: int = 1
     """g: latent scalars per token, as the main model's."""
+    factored: bool = False
+    """Factored token heads, as the main model's (`MainModelConfig.factored`)."""
 
     @property
     def layout(self) -> TokenLayout:
@@ -110,7 +112,7 @@ class DraftModel(nn.Module):
         self.blocks = nn.ModuleList(CachedBlock(cfg.hidden, cfg.heads, cfg.mlp) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden)
         # heads[j] predicts layer j+1 (1-based); heads for targets 2..L are used
-        self.heads = LayerHeads(layout.tokens_per_position, cfg.num_layers, layout.vocab_size, cfg.hidden)
+        self.heads = LayerHeads(layout, cfg.num_layers, cfg.hidden, factored=cfg.factored)
 
     def _run(self, tokens: Tensor, cache: DraftCache, block_sizes: list[int]) -> Tensor:
         """Feed new blocks of the given sizes (the Q block: T, a layer block: P) after the cached ones;

@@ -8,6 +8,8 @@ the original layout has P = T and one-scalar tokens)
   (layer, scalar, level)) + layer embedding + position embedding; the output at Bl_p predicts layer l+1.
 - `LayerHeads`: one linear head per target layer (hidden -> n*K**g logits per position).
 - `ParallelHead`: all L layers from the Q outputs in one pass.
+- factored heads (both): a code's logit is the sum of its g digits' logits (one K-way table per scalar)
+  plus a joint correction that starts at zero (`joint_logits`).
 - `L1Head`: OFT-style regression of the normalised action chunk from the Q outputs.
 """
 
@@ -70,34 +72,76 @@ class CodeBlockEmbedding(nn.Module):
         return blocks.flatten(1, 2)  # (B, n*P, H)
 
 
+def joint_logits(digit_logits: Tensor, correction: Tensor) -> Tensor:
+    """Factored token logits: digit_logits [..., g, K] -> [..., K**g] with code c = sum_i digit_i * K**(g-1-i)
+    scoring sum_i digit_logits[i, digit_i] + correction[c].
+
+    A K**g-way softmax learnt code by code sees each code rarely (2,401 codes of 4 scalars against a few
+    thousand training chunks) and memorises; the digit terms share what one scalar's level means across
+    every code, as the one-scalar layout does, and the correction (zero at the start) learns how the
+    scalars of a token move together (which mode), where the data shows it.
+    """
+    total = digit_logits[..., 0, :]
+    for i in range(1, digit_logits.shape[-2]):  # most significant digit first, as TokenLayout.join
+        total = (total.unsqueeze(-1) + digit_logits[..., i, :].unsqueeze(-2)).flatten(-2)
+    return total + correction
+
+
+def _digit_head(width: int, outputs: int, joint: nn.Linear) -> nn.Linear:
+    """The digit head of a factored head; its joint head's weights start at zero (a product of digits)."""
+    nn.init.zeros_(joint.weight)
+    nn.init.zeros_(joint.bias)
+    return nn.Linear(width, outputs)
+
+
 class LayerHeads(nn.Module):
     """One linear head per target layer: hidden of block (target-1) -> logits of layer target, one
     K**g-way softmax per token. The head of layer 1 reads the query outputs of a position
-    (`first_input` wide: T / P query outputs concatenated); the others read one block position."""
+    (`first_input` wide: T / P query outputs concatenated); the others read one block position.
+    factored (tokens of g > 1 scalars only): plus one K-way digit head per scalar (`joint_logits`)."""
 
-    def __init__(self, tokens_per_position: int, num_layers: int, vocab_size: int, hidden_size: int,
-                 first_input: int | None = None):
+    def __init__(self, layout: TokenLayout, num_layers: int, hidden_size: int, first_input: int | None = None,
+                 factored: bool = False):
         super().__init__()
-        self.tokens_per_position, self.vocab_size = tokens_per_position, vocab_size
+        self.layout = layout
+        self.tokens_per_position, self.vocab_size = layout.tokens_per_position, layout.vocab_size
         widths = [first_input or hidden_size] + [hidden_size] * (num_layers - 1)
-        self.heads = nn.ModuleList(nn.Linear(width, tokens_per_position * vocab_size) for width in widths)
+        self.heads = nn.ModuleList(nn.Linear(width, self.tokens_per_position * self.vocab_size) for width in widths)
+        self.digit_heads = None
+        if factored and layout.group > 1:
+            self.digit_heads = nn.ModuleList(_digit_head(width, layout.latent_dim * layout.num_levels, head)
+                                             for width, head in zip(widths, self.heads, strict=True))
 
     def forward(self, hidden: Tensor, first_target: int) -> Tensor:
         """hidden [B, n, P, H] for targets first_target..first_target+n-1 (1-based) -> [B, n, P, n_tok, V]."""
-        logits = [self.heads[first_target - 1 + j](hidden[:, j]) for j in range(hidden.shape[1])]  # n x (B, P, n_tok*V)
-        return torch.stack(logits, dim=1).unflatten(-1, (self.tokens_per_position, self.vocab_size))
+        tokens = (self.tokens_per_position, self.vocab_size)
+        logits = [self.heads[first_target - 1 + j](hidden[:, j]).unflatten(-1, tokens)
+                  for j in range(hidden.shape[1])]  # n x (B, P, n_tok, V)
+        if self.digit_heads is not None:
+            digits = (self.tokens_per_position, self.layout.group, self.layout.num_levels)
+            logits = [joint_logits(self.digit_heads[first_target - 1 + j](hidden[:, j]).unflatten(-1, digits), x)
+                      for j, x in enumerate(logits)]
+        return torch.stack(logits, dim=1)
 
 
 class ParallelHead(nn.Module):
-    """All L layers from the query outputs of each position: [B, P, r*H] -> [B, L, P, n_tok, V]."""
+    """All L layers from the query outputs of each position: [B, P, r*H] -> [B, L, P, n_tok, V]
+    (factored as `LayerHeads`)."""
 
-    def __init__(self, tokens_per_position: int, num_layers: int, vocab_size: int, input_size: int):
+    def __init__(self, layout: TokenLayout, num_layers: int, input_size: int, factored: bool = False):
         super().__init__()
-        self.shape = (num_layers, tokens_per_position, vocab_size)
-        self.proj = nn.Linear(input_size, num_layers * tokens_per_position * vocab_size)
+        self.layout = layout
+        self.shape = (num_layers, layout.tokens_per_position, layout.vocab_size)
+        self.proj = nn.Linear(input_size, num_layers * layout.tokens_per_position * layout.vocab_size)
+        self.digit_proj = None
+        if factored and layout.group > 1:
+            self.digit_proj = _digit_head(input_size, num_layers * layout.latent_dim * layout.num_levels, self.proj)
 
     def forward(self, position_hidden: Tensor) -> Tensor:
         logits = self.proj(position_hidden).unflatten(-1, self.shape)  # (B, P, L, n_tok, V)
+        if self.digit_proj is not None:
+            digits = (*self.shape[:2], self.layout.group, self.layout.num_levels)
+            logits = joint_logits(self.digit_proj(position_hidden).unflatten(-1, digits), logits)
         return logits.transpose(1, 2)  # (B, L, P, n_tok, V)
 
 

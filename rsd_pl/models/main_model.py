@@ -43,6 +43,9 @@ class MainModelConfig:
     """P: token positions per layer block (divides T; None = T, one per step)."""
     group: int = 1
     """g: latent scalars per token (a token is one of K**g codes)."""
+    factored: bool = False
+    """Tokens of g > 1 scalars: a code's logit is the sum of per-scalar digit logits plus a joint correction
+    (`heads.joint_logits`) instead of one free logit per code."""
 
     @property
     def layout(self) -> TokenLayout:
@@ -98,9 +101,8 @@ class MainModel(nn.Module):
         grouped = hidden * layout.queries_per_position  # what a position's layer-1 and parallel heads read
         self.queries = QueryBlock(cfg.chunk_len, hidden)
         self.code_embed = CodeBlockEmbedding(layout, cfg.num_layers, hidden)
-        self.layer_heads = LayerHeads(layout.tokens_per_position, cfg.num_layers, layout.vocab_size, hidden,
-                                      first_input=grouped)
-        self.parallel_head = ParallelHead(layout.tokens_per_position, cfg.num_layers, layout.vocab_size, grouped)
+        self.layer_heads = LayerHeads(layout, cfg.num_layers, hidden, first_input=grouped, factored=cfg.factored)
+        self.parallel_head = ParallelHead(layout, cfg.num_layers, grouped, factored=cfg.factored)
         self.l1_head = L1Head(hidden, cfg.action_dim)
 
     def _check_codes(self, codes: Tensor, layers: int) -> None:
@@ -190,13 +192,18 @@ class MainModel(nn.Module):
                            f"unexpected {unexpected[:5]}")
 
 
-def token_losses(out: MainOutput, codes: Tensor, actions: Tensor) -> dict[str, Tensor]:
+def token_losses(out: MainOutput, codes: Tensor, actions: Tensor, group: int = 1) -> dict[str, Tensor]:
     """The main model's training losses: cross-entropy of the AR layer heads and of the parallel head over
-    the K**g codes of every token (codes [B, P, n, L], teacher forced), and L1 of the regression head."""
+    the K**g codes of every token (codes [B, P, n, L], teacher forced), and L1 of the regression head.
+
+    The cross-entropies are per latent scalar (a token's divided by its g scalars), so the weights of the
+    token and L1 losses mean the same in every layout: a token of 4 scalars carries about 4 times the
+    nats of a one-scalar token, and unscaled it outweighed the L1 head 4 to 1.
+    """
     vocab = out.layer_logits.shape[-1]
     target = codes.permute(0, 3, 1, 2).reshape(-1)  # (B*L*P*n,) in the logits' order
-    return {"ce_ar": F.cross_entropy(out.layer_logits.reshape(-1, vocab), target),
-            "ce_parallel": F.cross_entropy(out.parallel_logits.reshape(-1, vocab), target),
+    return {"ce_ar": F.cross_entropy(out.layer_logits.reshape(-1, vocab), target) / group,
+            "ce_parallel": F.cross_entropy(out.parallel_logits.reshape(-1, vocab), target) / group,
             "l1": F.l1_loss(out.l1_actions, actions)}
 
 
