@@ -11,31 +11,36 @@ data=data/quickstart/libero_spatial runs_root=runs/layouts registry_root=checkpo
 registry=$registry_root runs=$runs_root
 source "$(dirname "$0")/pipeline.sh"  # set-up, banner, fit_step (the quickstart's recipes)
 
-# name: positions latent_dim group num_levels num_layers factored  (latent = positions x latent_dim scalars;
-# factored 1: a code's logit is its digits' logits plus a joint correction, MainModelConfig.factored)
+# name: positions latent_dim group num_levels num_layers heads  (latent = positions x latent_dim scalars; heads:
+# "-" one free logit per code; "all" factored, a code's logit its digits' logits plus a joint correction on every
+# layer; N factored with the joint correction on layers 1..N only: MainModelConfig.factored / joint_layers)
 declare -A SPEC=(
-  [g4x2]="2 4 4 7 4 0"     # 8 scalars in 2 tokens of 4 (2,401 codes each)
-  [g4x1]="1 4 4 7 4 0"     # 4 scalars in 1 token of 4
-  [scalar]="8 16 1 7 8 0"  # the original layout: 128 one-scalar tokens of 7 codes
-  [g4x4]="4 4 4 7 4 0"     # 16 scalars in 4 tokens of 4
-  [g2x4]="4 2 2 7 4 0"     # 8 scalars in 4 tokens of 2 (49 codes each)
-  [g4x2f]="2 4 4 7 4 1"    # g4x2 with factored heads
-  [g4x4f]="4 4 4 7 4 1"    # g4x4 with factored heads
+  [g4x2]="2 4 4 7 4 -"      # 8 scalars in 2 tokens of 4 (2,401 codes each)
+  [g4x1]="1 4 4 7 4 -"      # 4 scalars in 1 token of 4
+  [scalar]="8 16 1 7 8 -"   # the original layout: 128 one-scalar tokens of 7 codes
+  [g4x4]="4 4 4 7 4 -"      # 16 scalars in 4 tokens of 4
+  [g2x4]="4 2 2 7 4 -"      # 8 scalars in 4 tokens of 2 (49 codes each)
+  [g4x2f]="2 4 4 7 4 all"   # g4x2, factored heads
+  [g4x2f1]="2 4 4 7 4 1"    # g4x2, factored heads, joint correction on layer 1 only
 )
-ORDER=(g4x2 g4x1 scalar g4x4 g2x4 g4x2f g4x4f)
+ORDER=(g4x2 g4x1 scalar g4x4 g2x4 g4x2f g4x2f1)
 read -r -a chosen <<< "${LAYOUTS:-${ORDER[*]}}"
 
 banner "collect the quickstart demos ($data; finished episodes are kept)"
 $PY -m rsd_pl collect --config configs/quickstart/collect.yaml --out "$data"
 for name in "${chosen[@]}"; do
   [[ -n "${SPEC[$name]:-}" ]] || { echo "unknown layout '$name' (known: ${ORDER[*]})" >&2; exit 2; }
-  read -r positions latent_dim group levels layers factored <<< "${SPEC[$name]}"
+  read -r positions latent_dim group levels layers joint <<< "${SPEC[$name]}"
   registry=$registry_root/$name runs=$runs_root/$name
-  banner "layout $name: $positions positions x $latent_dim scalars, tokens of $group, K $levels, $layers layers" \
-    "$( ((factored)) && echo ", factored heads")"
+  banner "layout $name: $positions positions x $latent_dim scalars, tokens of $group, K $levels, $layers layers," \
+    "heads: $joint"
   layout=(--positions "$positions" --latent_dim "$latent_dim" --group "$group" --num_levels "$levels"
           --num_layers "$layers")
-  heads=(); ((factored)) && heads=(--factored true)
+  case $joint in
+    -) heads=() ;;
+    all) heads=(--factored true) ;;
+    *) heads=(--factored true --joint_layers "$joint") ;;
+  esac
   # the tokenizer gets the quickstart's time budget (max_time 1.5 min) rather than its 40 epochs: 40 epochs
   # (about 25 s) leave the small latents far from their floor (8 scalars: 0.034 after 40 epochs)
   fit_extra=("${layout[@]/#--/--model.init_args.}" --trainer.max_epochs 150)

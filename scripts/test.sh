@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=25 "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then
   echo "test.sh: pytest collected no tests: failing" >&2

@@ -42,6 +42,7 @@ TINY_BACKBONE = dict(
 def tiny_main(
     seed: int, chunk_len: int = 2, latent_dim: int = 3, num_layers: int = 8, num_levels: int = 5,
     dtype: torch.dtype = torch.float64, positions: int | None = None, group: int = 1, factored: bool = False,
+    joint_layers: int | None = None,
 ) -> MainModel:
     """A real MainModel at toy size, random init, float64 so argmax ties cannot flip between
     batched and one-block-at-a-time forwards. positions / group: the token layout (default: one
@@ -50,17 +51,20 @@ def tiny_main(
     torch.manual_seed(seed)
     backbone = BackboneConfig(image_size=16, patch_size=8, max_text_len=4, extra=dict(TINY_BACKBONE))
     cfg = MainModelConfig(backbone=backbone, chunk_len=chunk_len, latent_dim=latent_dim, num_layers=num_layers,
-                          num_levels=num_levels, positions=positions, group=group, factored=factored)
+                          num_levels=num_levels, positions=positions, group=group, factored=factored,
+                          joint_layers=joint_layers)
     model = MainModel(cfg)
     if factored:
         randomise_joint_heads([*model.layer_heads.heads, model.parallel_head.proj])
     return model.to(dtype).eval()
 
 
-def randomise_joint_heads(heads: list[torch.nn.Linear]) -> None:
+def randomise_joint_heads(heads: list[torch.nn.Module | None]) -> None:
     """Draw the joint corrections of factored heads (zero at init) at random."""
     with torch.no_grad():
         for head in heads:
+            if not isinstance(head, torch.nn.Linear):
+                continue  # a layer without a joint head
             head.weight.normal_(0, 0.1)
             head.bias.normal_(0, 0.1)
 
@@ -83,7 +87,8 @@ def tiny_draft(main: MainModel, seed: int) -> DraftModel:
     torch.manual_seed(seed)
     cfg = DraftConfig(main_hidden=main.hidden_size, hidden=16, layers=1, heads=2, mlp=32, chunk_len=main.chunk_len,
                       latent_dim=main.latent_dim, num_layers=main.num_layers, num_levels=main.num_levels,
-                      positions=main.positions, group=main.group, factored=main.cfg.factored)
+                      positions=main.positions, group=main.group, factored=main.cfg.factored,
+                      joint_layers=main.cfg.joint_layers)
     draft = DraftModel(cfg)
     if main.cfg.factored:
         randomise_joint_heads(list(draft.heads.heads))

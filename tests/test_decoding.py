@@ -58,7 +58,8 @@ def test_speculative_exact_equals_greedy_ar() -> None:
 
 GROUPED = [dict(chunk_len=4, positions=2, latent_dim=4, group=2, num_levels=5),  # 4 tokens of 25 codes per layer
            dict(chunk_len=4, positions=1, latent_dim=2, group=2, num_levels=5),  # one token per layer
-           dict(chunk_len=4, positions=2, latent_dim=4, group=2, num_levels=5, factored=True)]  # factored heads
+           dict(chunk_len=4, positions=2, latent_dim=4, group=2, num_levels=5, factored=True),  # factored heads
+           dict(chunk_len=4, positions=2, latent_dim=4, group=2, num_levels=5, factored=True, joint_layers=1)]
 
 
 @pytest.mark.parametrize("layout", GROUPED)

@@ -28,6 +28,7 @@ MICRO = dict(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64,
 GROUPED = [dict(positions=4, latent_dim=4, group=4, num_levels=7),
            dict(positions=2, latent_dim=4, group=2, num_levels=5)]
 FACTORED = dict(positions=2, latent_dim=4, group=2, num_levels=5, factored=True)
+FACTORED_LAYER1 = FACTORED | dict(joint_layers=1)  # the joint correction on layer 1 only
 
 
 def test_join_and_split_are_inverse_and_most_significant_first():
@@ -109,19 +110,33 @@ def test_factored_logits_score_a_code_as_its_digits_plus_its_correction():
     torch.testing.assert_close(logits, expected)
 
 
+def _independent_digits(logits: torch.Tensor) -> bool:
+    """Token logits [..., 25] of 2 digits at K 5 -> whether the distribution is the product of its marginals."""
+    probs = logits.softmax(-1).view(*logits.shape[:-1], 5, 5)
+    marginals = probs.sum(-1, keepdim=True) * probs.sum(-2, keepdim=True)
+    return torch.allclose(probs, marginals, atol=1e-6, rtol=1e-5)
+
+
 def test_a_factored_model_starts_as_independent_digits_and_its_old_layouts_are_unchanged():
     model = micro_main(**FACTORED)
-    logits = model(micro_batch(), torch.randint(0, 25, (2, 2, 2, 5))).layer_logits.detach()  # (B, L, P, n, 25)
-    probs = logits.softmax(-1).view(*logits.shape[:-1], 5, 5)
-    marginals = probs.sum(-1, keepdim=True) * probs.sum(-2, keepdim=True)  # product of the two digits' marginals
-    torch.testing.assert_close(probs, marginals, atol=1e-6, rtol=1e-5)  # zero correction: independent digits
+    codes = torch.randint(0, 25, (2, 2, 2, 5))
+    out = model(micro_batch(), codes)
+    assert _independent_digits(out.layer_logits.detach()) and _independent_digits(out.parallel_logits.detach())
+    randomise_joint_heads([*model.layer_heads.heads, model.parallel_head.proj])
+    out = model(micro_batch(), codes)
+    assert not _independent_digits(out.layer_logits[:, 1:].detach())  # the correction couples the digits
+    layer1 = micro_main(**FACTORED_LAYER1)
+    randomise_joint_heads([*layer1.layer_heads.heads, layer1.parallel_head.proj])
+    out = layer1(micro_batch(), codes)
+    for logits in (out.layer_logits.detach(), out.parallel_logits.detach()):  # joint on layer 1 only
+        assert not _independent_digits(logits[:, :1]) and _independent_digits(logits[:, 1:])
     plain = {k for k in micro_main(**GROUPED[1]).state_dict()}
     assert plain < set(model.state_dict())  # factored adds digit heads, keeps every key of the plain model
     assert {k for k in micro_main(**(FACTORED | dict(group=1, latent_dim=4))).state_dict()} == \
         {k for k in micro_main(positions=2, latent_dim=4, num_levels=5).state_dict()}  # g 1: nothing to factor
 
 
-@pytest.mark.parametrize("settings", GROUPED + [FACTORED])
+@pytest.mark.parametrize("settings", GROUPED + [FACTORED, FACTORED_LAYER1])
 def test_grouped_main_model_prefill_and_extend_equal_teacher_forcing(settings):
     model = micro_main(**settings)
     if settings.get("factored"):  # the joint correction starts at zero; draw it so both terms count
@@ -152,7 +167,7 @@ def test_grouped_main_model_prefill_and_extend_equal_teacher_forcing(settings):
     assert not torch.allclose(later[:, 3:], reference.layer_logits[:, 3:])
 
 
-@pytest.mark.parametrize("settings", GROUPED + [FACTORED])
+@pytest.mark.parametrize("settings", GROUPED + [FACTORED, FACTORED_LAYER1])
 def test_grouped_draft_cache_matches_teacher_forcing(settings):
     torch.manual_seed(0)
     draft = DraftModel(DraftConfig(main_hidden=32, hidden=32, layers=2, heads=2, mlp=64, num_layers=5,

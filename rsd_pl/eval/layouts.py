@@ -92,7 +92,8 @@ def training_figures(registry_dir: Path) -> dict[str, Any]:
                                for m in range(1, layers + 1)]
         out["l1_ar"], out["l1_regression"] = main.metrics.get("val/l1_ar"), main.metrics.get("val/l1_regression")
         if main.config["model"].get("factored") and "layout" in out:
-            out["layout"]["describe"] += ", factored heads"
+            joint = main.config["model"].get("joint_layers")
+            out["layout"]["describe"] += ", factored heads" + (f" (joint on layers 1-{joint})" if joint else "")
     if (draft := _artifact(registry, "draft")) is not None:
         out["draft_agreement_layer_2"] = draft.metrics.get("val/agreement_layer_2")
     return out

@@ -57,6 +57,8 @@ class OfflineConfig:
     """Latent scalars per token (a token is one of num_levels**group codes)."""
     factored: bool = False
     """Factored token heads (digit logits + a joint correction; `MainModelConfig.factored`)."""
+    joint_layers: int | None = None
+    """Factored heads: the layers that keep the joint correction (`MainModelConfig.joint_layers`)."""
     out: str | None = None
     """Where the json goes (default runs/multimodal_offline/p<p_a>_steps<main_steps>.json)."""
     modes: list[str] = field(default_factory=lambda: ["l1", "parallel", "ar", "ar_sampled", "speculative_sampled"])
@@ -118,7 +120,8 @@ def train_models(cfg: OfflineConfig) -> tuple[ActionRFSQAE, object, torch.Tensor
                  kv_heads=2, mlp=128)
     backbone = BackboneConfig(image_size=16, patch_size=8, num_cameras=1, use_object_pos=True, max_text_len=8,
                               extra=sizes)
-    main = MainModel(MainModelConfig(backbone=backbone, factored=cfg.factored, **layout))
+    main = MainModel(MainModelConfig(backbone=backbone, factored=cfg.factored,
+                                     joint_layers=cfg.joint_layers, **layout))
     optimizer = torch.optim.AdamW(main.parameters(), lr=2e-3)
     obs = _observation(cfg.batch_size)
     for _ in range(cfg.main_steps):

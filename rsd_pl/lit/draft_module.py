@@ -101,7 +101,7 @@ class DraftModule(L.LightningModule):
                                      mlp=mlp, chunk_len=cfg.chunk_len, latent_dim=cfg.latent_dim,
                                      num_layers=cfg.num_layers, num_levels=cfg.num_levels,
                                      positions=cfg.layout.positions, group=cfg.group,
-                                     factored=cfg.factored)
+                                     factored=cfg.factored, joint_layers=cfg.joint_layers)
         self.draft = DraftModel(self.draft_cfg)
         self.data_fingerprint: str | None = None
         self.val_metrics: dict[str, float] = {}

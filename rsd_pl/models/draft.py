@@ -46,6 +46,8 @@ class DraftConfig:
     """g: latent scalars per token, as the main model's."""
     factored: bool = False
     """Factored token heads, as the main model's (`MainModelConfig.factored`)."""
+    joint_layers: int | None = None
+    """As the main model's (`MainModelConfig.joint_layers`)."""
 
     @property
     def layout(self) -> TokenLayout:
@@ -112,7 +114,8 @@ class DraftModel(nn.Module):
         self.blocks = nn.ModuleList(CachedBlock(cfg.hidden, cfg.heads, cfg.mlp) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden)
         # heads[j] predicts layer j+1 (1-based); heads for targets 2..L are used
-        self.heads = LayerHeads(layout, cfg.num_layers, cfg.hidden, factored=cfg.factored)
+        self.heads = LayerHeads(layout, cfg.num_layers, cfg.hidden, factored=cfg.factored,
+                                joint_layers=cfg.joint_layers)
 
     def _run(self, tokens: Tensor, cache: DraftCache, block_sizes: list[int]) -> Tensor:
         """Feed new blocks of the given sizes (the Q block: T, a layer block: P) after the cached ones;

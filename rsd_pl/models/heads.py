@@ -9,7 +9,7 @@ the original layout has P = T and one-scalar tokens)
 - `LayerHeads`: one linear head per target layer (hidden -> n*K**g logits per position).
 - `ParallelHead`: all L layers from the Q outputs in one pass.
 - factored heads (both): a code's logit is the sum of its g digits' logits (one K-way table per scalar)
-  plus a joint correction that starts at zero (`joint_logits`).
+  plus a joint correction that starts at zero (`joint_logits`), on the first `joint_layers` layers or all.
 - `L1Head`: OFT-style regression of the normalised action chunk from the Q outputs.
 """
 
@@ -72,7 +72,7 @@ class CodeBlockEmbedding(nn.Module):
         return blocks.flatten(1, 2)  # (B, n*P, H)
 
 
-def joint_logits(digit_logits: Tensor, correction: Tensor) -> Tensor:
+def joint_logits(digit_logits: Tensor, correction: Tensor | float) -> Tensor:
     """Factored token logits: digit_logits [..., g, K] -> [..., K**g] with code c = sum_i digit_i * K**(g-1-i)
     scoring sum_i digit_logits[i, digit_i] + correction[c].
 
@@ -87,10 +87,11 @@ def joint_logits(digit_logits: Tensor, correction: Tensor) -> Tensor:
     return total + correction
 
 
-def _digit_head(width: int, outputs: int, joint: nn.Linear) -> nn.Linear:
+def _digit_head(width: int, outputs: int, joint: nn.Module | None) -> nn.Linear:
     """The digit head of a factored head; its joint head's weights start at zero (a product of digits)."""
-    nn.init.zeros_(joint.weight)
-    nn.init.zeros_(joint.bias)
+    if isinstance(joint, nn.Linear):
+        nn.init.zeros_(joint.weight)
+        nn.init.zeros_(joint.bias)
     return nn.Linear(width, outputs)
 
 
@@ -98,29 +99,37 @@ class LayerHeads(nn.Module):
     """One linear head per target layer: hidden of block (target-1) -> logits of layer target, one
     K**g-way softmax per token. The head of layer 1 reads the query outputs of a position
     (`first_input` wide: T / P query outputs concatenated); the others read one block position.
-    factored (tokens of g > 1 scalars only): plus one K-way digit head per scalar (`joint_logits`)."""
+    factored (tokens of g > 1 scalars only): plus one K-way digit head per scalar (`joint_logits`), the
+    joint correction kept on layers 1..joint_layers only (None: every layer; deeper layers score digits)."""
 
     def __init__(self, layout: TokenLayout, num_layers: int, hidden_size: int, first_input: int | None = None,
-                 factored: bool = False):
+                 factored: bool = False, joint_layers: int | None = None):
         super().__init__()
         self.layout = layout
         self.tokens_per_position, self.vocab_size = layout.tokens_per_position, layout.vocab_size
         widths = [first_input or hidden_size] + [hidden_size] * (num_layers - 1)
-        self.heads = nn.ModuleList(nn.Linear(width, self.tokens_per_position * self.vocab_size) for width in widths)
+        factored = factored and layout.group > 1
+        joint = [not factored or joint_layers is None or layer < joint_layers for layer in range(num_layers)]
+        self.heads = nn.ModuleList(nn.Linear(width, self.tokens_per_position * self.vocab_size) if keep
+                                   else nn.Identity()  # digits only: no joint head
+                                   for width, keep in zip(widths, joint, strict=True))
         self.digit_heads = None
-        if factored and layout.group > 1:
+        if factored:
             self.digit_heads = nn.ModuleList(_digit_head(width, layout.latent_dim * layout.num_levels, head)
                                              for width, head in zip(widths, self.heads, strict=True))
 
     def forward(self, hidden: Tensor, first_target: int) -> Tensor:
         """hidden [B, n, P, H] for targets first_target..first_target+n-1 (1-based) -> [B, n, P, n_tok, V]."""
+        logits = []
         tokens = (self.tokens_per_position, self.vocab_size)
-        logits = [self.heads[first_target - 1 + j](hidden[:, j]).unflatten(-1, tokens)
-                  for j in range(hidden.shape[1])]  # n x (B, P, n_tok, V)
-        if self.digit_heads is not None:
-            digits = (self.tokens_per_position, self.layout.group, self.layout.num_levels)
-            logits = [joint_logits(self.digit_heads[first_target - 1 + j](hidden[:, j]).unflatten(-1, digits), x)
-                      for j, x in enumerate(logits)]
+        for j in range(hidden.shape[1]):
+            head = self.heads[first_target - 1 + j]
+            joint = 0.0 if isinstance(head, nn.Identity) else head(hidden[:, j]).unflatten(-1, tokens)
+            if self.digit_heads is not None:
+                digits = self.digit_heads[first_target - 1 + j](hidden[:, j])
+                digits = digits.unflatten(-1, (self.tokens_per_position, self.layout.group, self.layout.num_levels))
+                joint = joint_logits(digits, joint)
+            logits.append(joint)  # (B, P, n_tok, V)
         return torch.stack(logits, dim=1)
 
 
@@ -128,20 +137,29 @@ class ParallelHead(nn.Module):
     """All L layers from the query outputs of each position: [B, P, r*H] -> [B, L, P, n_tok, V]
     (factored as `LayerHeads`)."""
 
-    def __init__(self, layout: TokenLayout, num_layers: int, input_size: int, factored: bool = False):
+    def __init__(self, layout: TokenLayout, num_layers: int, input_size: int, factored: bool = False,
+                 joint_layers: int | None = None):
         super().__init__()
         self.layout = layout
         self.shape = (num_layers, layout.tokens_per_position, layout.vocab_size)
-        self.proj = nn.Linear(input_size, num_layers * layout.tokens_per_position * layout.vocab_size)
+        factored = factored and layout.group > 1
+        self.joint_layers = num_layers if not factored or joint_layers is None else min(joint_layers, num_layers)
+        self.proj = (nn.Linear(input_size, self.joint_layers * layout.tokens_per_position * layout.vocab_size)
+                     if self.joint_layers else None)
         self.digit_proj = None
-        if factored and layout.group > 1:
+        if factored:
             self.digit_proj = _digit_head(input_size, num_layers * layout.latent_dim * layout.num_levels, self.proj)
 
     def forward(self, position_hidden: Tensor) -> Tensor:
-        logits = self.proj(position_hidden).unflatten(-1, self.shape)  # (B, P, L, n_tok, V)
-        if self.digit_proj is not None:
-            digits = (*self.shape[:2], self.layout.group, self.layout.num_levels)
-            logits = joint_logits(self.digit_proj(position_hidden).unflatten(-1, digits), logits)
+        joint = None
+        if self.proj is not None:
+            joint = self.proj(position_hidden).unflatten(-1, (self.joint_layers, *self.shape[1:]))  # (B, P, J, n, V)
+        if self.digit_proj is None:
+            return joint.transpose(1, 2)  # (B, L, P, n_tok, V)
+        digits = (*self.shape[:2], self.layout.group, self.layout.num_levels)
+        logits = joint_logits(self.digit_proj(position_hidden).unflatten(-1, digits), 0.0)  # (B, P, L, n_tok, V)
+        if joint is not None:
+            logits = torch.cat([logits[:, :, : self.joint_layers] + joint, logits[:, :, self.joint_layers :]], 2)
         return logits.transpose(1, 2)  # (B, L, P, n_tok, V)
 
 

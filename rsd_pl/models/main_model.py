@@ -46,6 +46,9 @@ class MainModelConfig:
     factored: bool = False
     """Tokens of g > 1 scalars: a code's logit is the sum of per-scalar digit logits plus a joint correction
     (`heads.joint_logits`) instead of one free logit per code."""
+    joint_layers: int | None = None
+    """Factored heads: layers 1..joint_layers keep the joint correction, deeper layers score their digits
+    independently (None: every layer)."""
 
     @property
     def layout(self) -> TokenLayout:
@@ -101,8 +104,9 @@ class MainModel(nn.Module):
         grouped = hidden * layout.queries_per_position  # what a position's layer-1 and parallel heads read
         self.queries = QueryBlock(cfg.chunk_len, hidden)
         self.code_embed = CodeBlockEmbedding(layout, cfg.num_layers, hidden)
-        self.layer_heads = LayerHeads(layout, cfg.num_layers, hidden, first_input=grouped, factored=cfg.factored)
-        self.parallel_head = ParallelHead(layout, cfg.num_layers, grouped, factored=cfg.factored)
+        heads = dict(factored=cfg.factored, joint_layers=cfg.joint_layers)
+        self.layer_heads = LayerHeads(layout, cfg.num_layers, hidden, first_input=grouped, **heads)
+        self.parallel_head = ParallelHead(layout, cfg.num_layers, grouped, **heads)
         self.l1_head = L1Head(hidden, cfg.action_dim)
 
     def _check_codes(self, codes: Tensor, layers: int) -> None:
