@@ -69,10 +69,11 @@ def test_classification():
     assert classify(chunks, 0.6) == ["A", "B", "between"]
 
 
-# ---- the coherence criterion on a layout of few joint tokens --------------------------------------------------
-# 8 latent scalars on 2 positions, one token of 4 scalars each (2,401 codes): the layer's mode is carried by whole
-# tokens, so sampled chunks stay on one of the two modes (the original layout above mixes them code by code).
-COHERENT_LAYOUT = dict(positions=2, latent_dim=4, group=4)
+# ---- the coherence criterion on the configs' layout ------------------------------------------------------------
+# 8 latent scalars on 2 positions, one token of 4 scalars each (2,401 codes), factored heads with the joint
+# correction on layer 1: the layer's mode is carried by whole tokens, so sampled chunks stay on one of the two
+# modes (the original layout above mixes them code by code).
+COHERENT_LAYOUT = dict(positions=2, latent_dim=4, group=4, factored=True, joint_layers=1)
 
 
 @pytest.fixture(scope="module", params=[0.7, 0.5])
