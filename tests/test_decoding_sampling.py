@@ -33,7 +33,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TEMPERATURE = 1.0
 NUM_SAMPLES = 5000
 SHAPES = {"scalar": dict(chunk_len=1, latent_dim=2, num_layers=3, num_levels=3),
-          "grouped": dict(chunk_len=2, positions=1, latent_dim=2, group=2, num_layers=3, num_levels=3)}
+          "grouped": dict(chunk_len=2, positions=1, latent_dim=2, group=2, num_layers=3, num_levels=3),
+          "factored": dict(chunk_len=2, positions=1, latent_dim=2, group=2, num_layers=3, num_levels=3, factored=True,
+                           joint_layers=1)}  # the configs' kind of heads: joint correction on layer 1 only
 
 
 def all_code_tensors(main) -> torch.Tensor:
