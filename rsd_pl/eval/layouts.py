@@ -93,7 +93,8 @@ def training_figures(registry_dir: Path) -> dict[str, Any]:
         out["l1_ar"], out["l1_regression"] = main.metrics.get("val/l1_ar"), main.metrics.get("val/l1_regression")
         if main.config["model"].get("factored") and "layout" in out:
             joint = main.config["model"].get("joint_layers")
-            out["layout"]["describe"] += ", factored heads" + (f" (joint on layers 1-{joint})" if joint else "")
+            where = "" if not joint else " (joint on layer 1)" if joint == 1 else f" (joint on layers 1-{joint})"
+            out["layout"]["describe"] += ", factored heads" + where
     if (draft := _artifact(registry, "draft")) is not None:
         out["draft_agreement_layer_2"] = draft.metrics.get("val/agreement_layer_2")
     return out
