@@ -32,6 +32,7 @@ from rsd_pl.data.demo_writer import DemoWriter
 from rsd_pl.durable import FolderLock
 from rsd_pl.envs import (
     CAMERAS,
+    PLACEMENT_FAR_M,
     PLACEMENT_MATCH_M,
     SHADOWS,
     LiberoEnv,
@@ -159,6 +160,10 @@ def run_job(job: Job) -> ExpertEpisode:
     distance = env.benchmark_distance(state)
     placement = {"placement": "sampled", "placement_index": job.init_state_index,
                  "placement_seed": job.placement_seed, "benchmark_distance_m": distance}
+    if distance > PLACEMENT_FAR_M:
+        raise RsdError(f"{job.suite} task {job.task_id} placement {job.init_state_index} (seed {job.placement_seed}): "
+                       f"an object lies {distance:.3f} m from where every benchmark init state has it (at most "
+                       f"{PLACEMENT_FAR_M} m for a placement of the task's regions); not recorded")
     if distance < PLACEMENT_MATCH_M:  # one of the benchmark's init states: never trained on
         return ExpertEpisode(job.init_state_index, False, 0, np.zeros((0, 7)), placement={**placement, "refused": True})
     episode = run_expert_episode(env, None, job.max_steps, record=True, expert=expert,
@@ -237,6 +242,10 @@ def _fill(cfg: CollectConfig, task_id: int, writer: DemoWriter, submit, progress
         kind = "benchmark init states" if sampled else "sampled placements"
         raise RsdError(f"{writer.path}: holds {len(other)} demos started from {kind}, but --placements is "
                        f"{cfg.placements!r}: use another --out, or the same --placements to resume")
+    if far := [int(a[key]) for a in existing if a.get("benchmark_distance_m", 0.0) > PLACEMENT_FAR_M]:
+        raise RsdError(f"{writer.path}: placements {far} lie more than {PLACEMENT_FAR_M} m from every benchmark "
+                       "init state (objects on a fixture started in the air, as collections before 2026-12-06 "
+                       "placed them): delete the file and collect it again")
     done = {int(a[key]) for a in existing}
     if unexpected := sorted({int(a.get("grasp_side", 1)) for a in existing} - allowed_sides(cfg)):
         raise RsdError(f"{writer.path}: holds demos with grasp_side {unexpected}, but --grasp_side is "

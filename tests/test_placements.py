@@ -8,7 +8,7 @@ import pytest
 
 from rsd_pl import collect
 from rsd_pl.data.libero_hdf5 import demo_attributes, read_episodes
-from rsd_pl.envs import PLACEMENT_MATCH_M, LiberoEnv
+from rsd_pl.envs import PLACEMENT_FAR_M, PLACEMENT_MATCH_M, LiberoEnv
 from rsd_pl.errors import RsdError
 
 pytestmark = pytest.mark.libero
@@ -44,6 +44,50 @@ def test_an_episode_from_a_placement_seed_puts_the_fixtures_back_too(env):
     env.reset(None, placement_seed=7)
     np.testing.assert_array_equal(env.raw.sim.model.body_pos, fixtures)
     np.testing.assert_array_equal(env.sim_state(), state)
+
+
+def test_objects_on_fixtures_start_on_their_region_whatever_reset_came_before():
+    """libero_spatial task 7 starts a bowl on the stove and one on the cabinet: LIBERO places them from the region
+    site's world position, which after a soft reset still holds the previous reset's fixture pose (counted twice,
+    the bowls started 0.9 m up and fell to the floor). A sampled placement is near the benchmark's and the same
+    whatever episode ran before."""
+    with LiberoEnv("libero_spatial", 7, camera_size=None, cameras=()) as env:
+        bowls = env._free_joint_positions(np.stack(env.init_states))[:, :2]  # akita_black_bowl_1, _2: (50, 2, 3)
+        np.random.seed(1)
+        env.reset(0)
+        first = env.sample_placement(42)
+        np.random.seed(2)
+        env.reset(5)  # another episode, other fixture poses
+        again = env.sample_placement(42)
+        np.testing.assert_array_equal(again, first)
+        for seed in range(4):
+            placement = env.sample_placement(seed)
+            assert env.benchmark_distance(placement) < 0.04  # measured: 15-23 mm on this task, at most 34 mm anywhere
+            start = env._free_joint_positions(placement)[:2]
+            assert np.abs(start[:, 2] - bowls[:, :, 2].mean(0)).max() < 0.005  # on the stove / cabinet, not above
+
+
+def test_a_placement_far_from_every_benchmark_state_stops_collection(tmp_path, monkeypatch):
+    monkeypatch.setattr(collect, "PLACEMENT_FAR_M", 1e-6)  # every placement is "far"
+    with pytest.raises(RsdError, match=r"libero_spatial task 0 placement 0 \(seed \d+\): an object lies 0\.0\d+ m"):
+        collect.main([*ARGS, "--episodes", "1", "--placements", "sampled", "--workers", "1", "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("*.hdf5"))
+
+
+def test_demos_collected_from_far_placements_are_refused_on_resume(tmp_path):
+    """Collections made before the fixture fix recorded each demo's distance; a rerun names them instead of
+    adding to a file whose scenes the benchmark never shows."""
+    from rsd_pl.data.synthetic import synthetic_demo
+
+    cfg = collect.CollectConfig(suite="libero_spatial", tasks="0", image_size=32, cameras=["agentview"],
+                                out=str(tmp_path), placements="sampled")
+    with collect.open_writer(cfg, 0) as writer:
+        demo = synthetic_demo(np.random.default_rng(0), 32)
+        demo["obs"].pop("eye_in_hand_rgb", None)
+        writer.add_demo(**demo, attrs={"placement": "sampled", "placement_index": 3, "placement_seed": 1,
+                                       "benchmark_distance_m": 0.94, "expert": "pick_place", "grasp_side": 1})
+    with pytest.raises(RsdError, match=rf"placements \[3\] lie more than {PLACEMENT_FAR_M} m .*delete the file"):
+        collect.main([*ARGS, "--episodes", "2", "--placements", "sampled", "--out", str(tmp_path)])
 
 
 def test_the_benchmark_distance_finds_the_benchmark_states(env):

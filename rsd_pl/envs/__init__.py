@@ -2,6 +2,7 @@
 
 from rsd_pl.envs.libero import (
     CAMERAS,
+    PLACEMENT_FAR_M,
     PLACEMENT_MATCH_M,
     SHADOWS,
     LiberoEnv,
@@ -22,7 +23,7 @@ from rsd_pl.envs.suites import (
 )
 
 __all__ = [
-    "CAMERAS", "PLACEMENT_MATCH_M", "SHADOWS", "SUITES", "WAIT_ACTION", "WAIT_STEPS", "LiberoEnv", "SuiteSpec",
-    "check_index",
+    "CAMERAS", "PLACEMENT_FAR_M", "PLACEMENT_MATCH_M", "SHADOWS", "SUITES", "WAIT_ACTION", "WAIT_STEPS",
+    "LiberoEnv", "SuiteSpec", "check_index",
     "TaskInfo", "ensure_mujoco_gl", "env_kwargs", "num_init_states", "parse_index_list", "suite_spec", "task_info",
 ]
