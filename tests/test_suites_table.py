@@ -53,7 +53,16 @@ def test_rows_equal_each_suites_own_report_and_the_average_is_the_papers(root):
     assert average["ci"] == pytest.approx(list(wilson_interval(sum(succeeded(r) for r in l1), len(l1))))
     vs_ar = table["suites"]["libero_spatial"]["modes"]["l1"]["vs_ar"]  # paired on trials 0-3 only
     assert vs_ar["episodes"] == table["suites"]["libero_spatial"]["modes"]["ar"]["trials"]
+    vs_l1 = table["suites"]["libero_spatial"]["modes"]["ar_exit"]["vs_l1"]  # the two long modes: trials 0-7
+    assert vs_l1["episodes"] == table["suites"]["libero_spatial"]["modes"]["l1"]["trials"]
+    l1_wins = {(r["task_id"], r["trial"]) for r in records if r["suite"] == "libero_spatial" and r["mode"] == "l1"
+               and succeeded(r)}
+    exit_wins = {(r["task_id"], r["trial"]) for r in records if r["suite"] == "libero_spatial"
+                 and r["mode"] == "ar_exit" and succeeded(r)}
+    assert vs_l1["difference"] == pytest.approx((len(exit_wins) - len(l1_wins)) / vs_l1["episodes"])
+    assert table["average"]["ar_exit"]["vs_l1"]["episodes"] == len([r for r in records if r["mode"] == "l1"])
     text = out.read_text()
+    assert "## Against `l1`, same episodes" in text
     assert "| OpenVLA-OFT (published) | 97.6 | 98.4 | 97.1 |" in text and "## Per task: libero_object" in text
     assert (folder / "suites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
