@@ -204,7 +204,7 @@ def figure(table: dict[str, Any]):
 
     groups = [*table["suites"], "average"]
     modes = table["modes"]
-    fig = Figure(figsize=(2.0 + 1.6 * len(groups), 3.6), layout="constrained")
+    fig = Figure(figsize=(3.6 + 1.6 * len(groups), 3.6), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(modes), 1)
     for j, mode in enumerate(modes):
@@ -224,7 +224,7 @@ def figure(table: dict[str, Any]):
     ax.set_ylabel("success (%), Wilson 95%")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncols=min(len(modes) + 1, 6), loc="lower center")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a point
     fig.suptitle("LIBERO: success per suite and mode", fontsize=11)
     return fig
 
