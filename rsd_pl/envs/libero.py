@@ -224,8 +224,7 @@ class LiberoEnv:
         if init_state_index is None:
             if placement_seed is None:
                 raise RsdError("LiberoEnv.reset: give an init state index or a placement seed")
-            with _numpy_seeded(placement_seed):
-                self._home_fixtures()
+            with self._drawing_placement(placement_seed):
                 return self._reset_to(None, wait)  # the seeded reset itself places everything
         check_index(f"init state index for {self.suite} task {self.task_id}", init_state_index,
                     self.num_init_states)
@@ -250,18 +249,26 @@ class LiberoEnv:
         placement initialisers draw from numpy's global RNG at reset; seeded here with `seed`, then restored):
         the flattened simulator state, the form of a benchmark init state (`reset(None, placement_seed=seed)` starts
         an episode from it)."""
-        with _numpy_seeded(seed):
-            self._home_fixtures()
+        with self._drawing_placement(seed):
             self._env.reset()
             return np.asarray(self.raw.sim.get_state().flatten(), dtype=np.float64).copy()
 
+    @contextlib.contextmanager
+    def _drawing_placement(self, seed: int):
+        """Inside: numpy's global RNG seeded with `seed` (restored after) and the fixtures at their XML pose, so
+        the next reset draws placement `seed` exactly, whatever ran before."""
+        with _numpy_seeded(seed):
+            self._home_fixtures()
+            yield
+
     def _home_fixtures(self) -> None:
         """Put every fixture's root body back at its pose in the scene's XML, as a hard reset would, before a
-        reset that samples a placement. LIBERO places an object on a fixture's region (the bowl on the stove, in
-        the drawer, on the cabinet) at the fixture's sampled pose plus the region site's world position, which
-        holds the fixture's pose only after a hard reset. With `hard_reset=False` the site still carries the
-        previous reset's fixture pose, which then counts twice: the bowl starts about 0.9 m above the stove and
-        falls to the floor. Hand-written: LIBERO has no switch for it, and a hard reset would rebuild the
+        reset that samples a placement (benchmark resets load their objects' state afterwards and skip this, so
+        their RNG stream and fixture poses stay as before). LIBERO places an object on a fixture's region (the
+        bowl on the stove, in the drawer, on the cabinet) at the fixture's sampled pose plus the region site's world
+        position, which holds the fixture's pose only after a hard reset. With `hard_reset=False` the site still
+        carries the previous reset's fixture pose, which then counts twice: the bowl starts about 0.9 m above the
+        stove and falls to the floor. Hand-written: LIBERO has no switch for it, and a hard reset would rebuild the
         renderer and its observables at every episode."""
         if self._fixture_home is None:
             self._fixture_home = {}
