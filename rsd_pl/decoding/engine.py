@@ -114,9 +114,9 @@ class DecodingEngine:
     def _early_exit_check(self, bound: float):
         """Stop when the last decided layer moved the decoded action by less than the bound
         (max abs over the chunk, every batch element): finer layers move it less still.
-        ar checks after every layer, speculative after every round, so with early exit the two
-        may stop at different depths (without it, exact speculative == greedy ar). Speculative also stops
-        drafting at the first proposal that passes the check."""
+        ar checks after every layer; speculative checks every proposal (drafting stops at the first that
+        passes, and no bonus layer follows it) and every round's last layer, so both stop at the first layer
+        that passes: exact speculative == ar_exit with the same bound, code for code and depth for depth."""
 
         def stop(codes: Tensor) -> bool:  # timed by the caller (decode_s, or draft_s inside drafting)
             if codes.shape[-1] < 2:

@@ -74,8 +74,12 @@ def speculative_decode(
     5. Crop the main KV cache to the blocks whose codes are now final (layers 1..m-1), and the
        draft's to the blocks it was fed that are still final.
     6. Repeat from 2 until L layers (or the early-exit check stops it).
-    With early exit (`stop`), the draft also stops proposing at the first proposal that passes the check
-    (the exit depth the draft predicts), so the verify never carries layers that cannot change the action.
+    With early exit (`stop`), the draft checks every proposal and stops at the first one that passes the
+    check (the exit depth the draft predicts). The verify then leaves out that proposal's block, and no bonus
+    layer follows it: if every proposal is accepted, decoding ends exactly there. Every accepted prefix before it
+    failed the check, and the round's last layer is checked at the next round's start, so the exit happens at
+    the first layer whose move is below the bound, as in `autoregressive_decode`: with the exact rule the
+    result is `ar_exit`'s codes, at its depth.
     The draft may be the main model's own parallel head (`ParallelHeadDraft`: no draft forwards).
     With a batch, a round ends at the first layer rejected by any element (the cache is shared);
     the other elements keep their own accepted codes for that layer.
@@ -96,13 +100,14 @@ def speculative_decode(
         with timer.section("draft_s"):
             if draft_cache is None:
                 draft_cache = draft.start(prefill.query_hidden)
-            proposals, draft_logits = _draft_layers(draft, draft_cache, codes, num_proposed, temperature, generator,
-                                                    stop)
+            proposals, draft_logits, exits = _draft_layers(draft, draft_cache, codes, num_proposed, num_layers,
+                                                           temperature, generator, stop)
         num_proposed = proposals.shape[-1]
         stats.draft_forwards += num_proposed * getattr(draft, "forwards_per_layer", 1)
         with timer.section("verify_s"):
-            # 3. One verify forward: blocks of layers m..last_block (block L does not exist).
-            last_block = min(m + num_proposed, num_layers - 1)
+            # 3. One verify forward: blocks of layers m..last_block (block L does not exist). When the last
+            # proposal passes the exit check, its block (which would only predict a bonus layer) is left out.
+            last_block = m + num_proposed - 1 if exits else min(m + num_proposed, num_layers - 1)
             context = torch.cat([codes, proposals], dim=-1)  # [B, P, n, m + num_proposed]
             main_logits = main.extend(context[..., m - 1 : last_block], first_layer=m, cache=prefill.cache)
             stats.main_forwards += 1  # main_logits [B, last_block - m + 1, P, n, V]: layers m+1..last_block+1
@@ -112,6 +117,9 @@ def speculative_decode(
             if all_accepted and main_logits.shape[1] > num_proposed:
                 new_layers.append(choose_codes(main_logits[:, num_proposed], temperature, generator))
             codes = torch.cat([codes, torch.stack(new_layers, dim=-1)], dim=-1)
+            if all_accepted and exits:  # the last proposal passed the exit check and was accepted as drafted
+                stats.early_exit = True
+                break
             # 5. Keep only the blocks of final layers 1..m'-1 in the main cache; the draft keeps
             # the blocks it was fed up to the last layer every element accepted as drafted (a
             # rejected layer always differs from the proposal for the element that rejected it).
@@ -125,15 +133,17 @@ def _draft_layers(
     cache,
     codes: Tensor,
     num_proposed: int,
+    num_layers: int,
     temperature: float,
     generator: torch.Generator | None,
     stop: StopCheck | None = None,
-) -> tuple[Tensor, list[Tensor]]:
-    """-> proposals [B, P, n, n <= num_proposed], draft logits per proposed layer ([B, P, n, V] each).
+) -> tuple[Tensor, list[Tensor], bool]:
+    """-> proposals [B, P, n, n <= num_proposed], draft logits per proposed layer ([B, P, n, V] each), and
+    whether `stop` holds for codes + proposals (the proposals reach the exit depth).
 
     The first forward feeds every decided layer the draft cache lacks; each later one feeds only
     the previous proposal. The last proposal is never fed (nothing would read its prediction).
-    With `stop`, drafting ends at the first proposal after which `stop` holds for codes + proposals."""
+    With `stop`, every proposal below the last layer is checked and drafting ends at the first that passes."""
     fed = cache.num_blocks
     logits = draft.extend(codes[..., fed:], fed + 1, cache)[:, -1]  # [B, P, n, V] for layer m+1
     layers, logits_per_layer = [], []
@@ -142,9 +152,10 @@ def _draft_layers(
             logits = draft.extend(layers[-1].unsqueeze(-1), codes.shape[-1] + i, cache)[:, 0]
         layers.append(choose_codes(logits, temperature, generator))  # [B, P, n]
         logits_per_layer.append(logits)
-        if stop is not None and i + 1 < num_proposed and stop(torch.cat([codes, torch.stack(layers, -1)], -1)):
-            break
-    return torch.stack(layers, dim=-1), logits_per_layer
+        below_last = codes.shape[-1] + len(layers) < num_layers  # at layer L decoding ends anyway
+        if stop is not None and below_last and stop(torch.cat([codes, torch.stack(layers, -1)], -1)):
+            return torch.stack(layers, dim=-1), logits_per_layer, True
+    return torch.stack(layers, dim=-1), logits_per_layer, False
 
 
 def _accept_run(
