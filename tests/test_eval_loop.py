@@ -161,6 +161,9 @@ def test_rerun_resumes_and_skips_finished_episodes(tmp_path):
     run_eval(cfg, models, CountingPolicy, obs)
     assert CountingPolicy.calls == 5
     assert len(log.read_text().splitlines()) == 2
+    # each line names the process that ran it: speed is compared only within one run
+    runs = [json.loads(line)["run"] for line in log.read_text().splitlines()]
+    assert runs[0] == records[0]["run"] == records[1]["run"] and runs[1] != runs[0]
 
 
 def _tiny_registry(root) -> None:

@@ -209,6 +209,28 @@ def test_speedup_table_against_each_baseline(tmp_path):
     assert scalars["eval/l1/success_diff_vs_ar"] == pytest.approx(report["paired"]["modes"]["l1"]["difference"])
 
 
+def test_speedups_pair_only_episodes_of_the_same_run():
+    """A redone mode's episodes ran in another process, under other load: they are left out of the speed pairing
+    (and counted), while success still pairs them; logs without `run` pair as before."""
+    records = realistic_log(trials=4)
+    speculative_episodes = sum(r["mode"] == "speculative" for r in records)
+    first = [{**r, "run": "2026-12-06T08:00:00-1"} for r in records]
+    redone = [{**r, "run": "2026-12-06T09:00:00-2", "chunk_latency_ms": [3 * x for x in r["chunk_latency_ms"]]}
+              if r["mode"] == "speculative" and r["trial"] >= 2 else r for r in first]
+    rows = {row["slow"]: row for row in rep.build_report(redone)["speedups"]}
+    assert rows["ar_exit"]["episodes"] == speculative_episodes // 2
+    assert rows["ar_exit"]["other_run_episodes"] == speculative_episodes // 2
+    same_run = [r for r in first if r["trial"] < 2]
+    expected = {row["slow"]: row for row in rep.build_report(same_run)["speedups"]}
+    assert rows["ar_exit"]["p50_latency_ratio"] == pytest.approx(expected["ar_exit"]["p50_latency_ratio"])
+    md = rep.markdown(rep.build_report(redone))
+    assert f"Left out: episodes the two modes ran in different runs (a resumed or redone log), " \
+           f"{speculative_episodes // 2} against ar, " in md
+    legacy = {row["slow"]: row for row in rep.build_report(records)["speedups"]}  # no `run`: every pair
+    assert legacy["ar_exit"]["episodes"] == speculative_episodes and legacy["ar_exit"]["other_run_episodes"] == 0
+    assert rep.build_report(redone)["paired"]["modes"]["speculative"]["episodes"] == speculative_episodes
+
+
 def test_eval_info_is_lerobot_shaped(tmp_path):
     records = realistic_log(trials=4)
     _write(tmp_path, records)

@@ -13,6 +13,9 @@ eval.vector and eval.video lazily.
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,8 @@ class EvalModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
+        # Which process measured an episode's latencies: speed ratios pair only episodes of one run (eval.stats)
+        self._run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     def predict_step(self, item: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         """One episode (suite, task, trial, seed) in each of its pending modes; one log line per mode.
@@ -119,7 +124,7 @@ class EvalModule(L.LightningModule):
     def _log_result(self, result: EpisodeResult) -> dict[str, Any]:
         if result.frames:
             result.video = str(self._write_video(result))
-        record = result.to_json()
+        record = {**result.to_json(), "run": self._run_id}
         self._log.append(record)
         self._announce(result)
         return record

@@ -15,9 +15,10 @@ Counting rules (DESIGN.md section 6; the statistics are in `rsd_pl.eval.stats`):
   p-value, and a verdict ("within noise" when the interval holds 0 or p >= 0.05). A reference mode
   missing from the log is said in the report, and the paired columns are left out.
 - Latency percentiles pool the per-chunk latencies of all episodes of a mode.
-- `speedup`: `ar / speculative` of the mean and p50 chunk latency over all episodes of the run.
+- `speedup`: `ar / speculative` of the mean and p50 chunk latency over all episodes of each in the log.
   `speedups`: `speculative` against each of `ar`, `ar_exit`, `parallel` present, on the paired
-  episodes, with percentile-bootstrap 95% intervals (episodes resampled, fixed seed).
+  episodes the two ran in the same process (the records' `run`), with percentile-bootstrap 95% intervals
+  (episodes resampled, fixed seed).
 
 `eval_info.json` follows LeRobot's `lerobot-eval` (rsd_pl.eval.lerobot). The episode log's reading and
 writing are in rsd_pl.eval.episode_log.
@@ -280,8 +281,8 @@ def _speedups_lines(rows: list[dict[str, Any]]) -> list[str]:
         return []
     fast = rows[0]["fast"]
     lines = ["", f"## Speedup of {fast}", "",
-             f"Chunk latency of the baseline / {fast}, same run, on the episodes both ran; 95% intervals "
-             "from a bootstrap over episodes.", "",
+             f"Chunk latency of the baseline / {fast} on the episodes both ran in the same run (process); 95% "
+             "intervals from a bootstrap over episodes.", "",
              "| against | episodes | mean latency ratio (95% CI) | p50 latency ratio (95% CI) | main fwd/chunk |",
              "|---|---|---|---|---|"]
     for r in rows:
@@ -291,6 +292,10 @@ def _speedups_lines(rows: list[dict[str, Any]]) -> list[str]:
                      f"{_fmt(r['mean_ci'][1], '.2f')}) | {_fmt(r['p50_latency_ratio'], '.2f')}x "
                      f"({_fmt(r['p50_ci'][0], '.2f')}-{_fmt(r['p50_ci'][1], '.2f')}) "
                      f"| {_fmt(forwards[r['slow']], '.2f')} -> {_fmt(forwards[fast], '.2f')} |")
+    left_out = {r["slow"]: r["other_run_episodes"] for r in rows if r.get("other_run_episodes")}
+    if left_out:
+        lines += ["", "Left out: episodes the two modes ran in different runs (a resumed or redone log), "
+                  + ", ".join(f"{n} against {slow}" for slow, n in left_out.items()) + "."]
     return lines
 
 
@@ -316,7 +321,7 @@ def _speedup_lines(ratio: dict[str, Any] | None) -> list[str]:
     if ratio is None:
         return []
     forwards = ratio["main_forwards_per_chunk"]
-    return ["", f"Speedup {ratio['fast']} over {ratio['slow']} (same run, all episodes): "
+    return ["", f"Speedup {ratio['fast']} over {ratio['slow']} (all episodes of each in this log): "
             f"{_fmt(ratio['mean_latency_ratio'], '.2f')}x mean latency, "
             f"{_fmt(ratio['p50_latency_ratio'], '.2f')}x p50 latency; main forwards per chunk "
             f"{_fmt(forwards[ratio['slow']], '.2f')} -> {_fmt(forwards[ratio['fast']], '.2f')}."]

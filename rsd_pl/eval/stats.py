@@ -204,15 +204,20 @@ def speedups(records: list[dict[str, Any]], modes: dict[str, dict[str, Any]],
              fast: str = "speculative") -> list[dict[str, Any]]:
     """`fast` against each of SPEEDUP_BASELINES in the run: chunk-latency ratio baseline / fast (mean and
     p50) on the paired episodes, with bootstrap 95% intervals `mean_ci` / `p50_ci` = [low, high].
+    Only episodes the two modes ran in the same process are paired (the records' `run`; logs written before
+    it was recorded pair as before): a resumed or partly redone log holds runs measured at other times, on a
+    shared machine under other load. `other_run_episodes` counts the pairs left out.
     `modes` is the report's per-mode summary (for main forwards per chunk)."""
     rows = []
     for slow in SPEEDUP_BASELINES:
         if fast not in modes or slow not in modes:
             continue
-        pairs = pair_by_episode(records, fast, slow)
+        all_pairs = pair_by_episode(records, fast, slow)
+        pairs = [(f, s) for f, s in all_pairs if f.get("run") == s.get("run")]
         boot = bootstrap_latency_ratio([s.get("chunk_latency_ms") or [] for _, s in pairs],
                                        [f.get("chunk_latency_ms") or [] for f, _ in pairs])
         rows.append({"fast": fast, "slow": slow, "episodes": boot["episodes"],
+                     "other_run_episodes": len(all_pairs) - len(pairs),
                      **{f"{stat}_latency_ratio": boot[stat]["ratio"] for stat in ("mean", "p50")},
                      **{f"{stat}_ci": [boot[stat]["low"], boot[stat]["high"]] for stat in ("mean", "p50")},
                      "main_forwards_per_chunk": {slow: modes[slow]["main_forwards_per_chunk"],
