@@ -27,7 +27,7 @@ def test_four_suites_smoke_one_suite(tmp_path):
     runs = tmp_path / "runs" / "libero_spatial"
     records = [json.loads(line) for line in (runs / "eval" / "episodes.jsonl").read_text().splitlines()]
     by_mode = {m: sorted(r["trial"] for r in records if r["mode"] == m) for m in {r["mode"] for r in records}}
-    assert by_mode == {"l1": [0, 1], "ar_exit": [0, 1], "parallel": [0], "ar": [0], "speculative": [0]}
+    assert by_mode == {"l1": [0, 1], "ar": [0, 1], "ar_exit": [0, 1], "parallel": [0], "speculative": [0]}
     assert not (runs / "pro").exists()  # the smoke leaves LIBERO-PRO out (tests/test_libero_pro.py runs it)
     table = (tmp_path / "runs" / "suites.md").read_text()
     assert "| l1 | " in table and "| OpenVLA-OFT (published) | 97.6 | 97.1 |" in table
