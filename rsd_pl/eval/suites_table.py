@@ -154,7 +154,7 @@ def markdown(table: dict[str, Any]) -> str:
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {_cell(table['average'][mode])} |")
     lines.append("| OpenVLA-OFT (published) | " + " | ".join(f"{OFT_PUBLISHED[s]:.1f}" if s in OFT_PUBLISHED else "-"
                                                          for s in suites) + f" | {OFT_PUBLISHED['average']:.1f} |")
-    for reference, why in (("ar", ""), ("l1", " (the regression baseline; `ar_exit` runs as many episodes)")):
+    for reference, why in (("ar", ""), ("l1", " (the regression baseline, run on every episode)")):
         key = f"vs_{reference}"
         lines += ["", f"## Against `{reference}`, same episodes{why}", "",
                   "Difference in success (points), Newcombe 95% interval, exact McNemar p, paired episodes.", "",
