@@ -75,7 +75,6 @@ class EvalModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
-        # Which process measured an episode's latencies: speed ratios pair only episodes of one run (eval.stats)
         self._run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     def predict_step(self, item: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
@@ -124,7 +123,8 @@ class EvalModule(L.LightningModule):
     def _log_result(self, result: EpisodeResult) -> dict[str, Any]:
         if result.frames:
             result.video = str(self._write_video(result))
-        record = {**result.to_json(), "run": self._run_id}
+        result.run = self._run_id
+        record = result.to_json()
         self._log.append(record)
         self._announce(result)
         return record

@@ -99,6 +99,9 @@ class EpisodeResult:
     video: str | None = None
     decoding: dict[str, Any] = field(default_factory=dict)
     """The engine settings this episode ran with (acceptance rule, tau, draft_len, temperature...)."""
+    run: str | None = None
+    """The eval process that ran it (start time, pid, random suffix; set by the loop): speed ratios pair only
+    episodes of one run (rsd_pl.eval.stats.speedups)."""
     path: dict[str, Any] | None = None
     """With EvalConfig.record_paths: per policy step, the end-effector xyz before the step (`eef`), the gripper
     command (`gripper`, -1 open / +1 close) and the xyz of the object the goal picks (`object`, named in

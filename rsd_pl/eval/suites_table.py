@@ -8,8 +8,8 @@ LIBERO-PRO's perturbed suites). Writes `<root>/suites.md`, `<root>/suites.json` 
   (the mean of the suites' rates, as the papers average; its interval is the Wilson interval of the pooled
   counts, exact when every suite ran as many trials);
 - each mode against `ar` on the episodes both ran (same suite, task and trial: Newcombe 95% interval,
-  exact McNemar p), per suite and pooled; and against the regression baseline `l1`, which with `ar_exit` runs all
-  50 init states, so the recommended mode meets the baseline on 500 episodes per suite;
+  exact McNemar p), per suite and pooled; and against the regression baseline `l1`, which with `ar` and `ar_exit`
+  runs all 50 init states, so the token modes meet the baseline on 500 episodes per suite;
 - p50 chunk latency per suite and mode, and the speed of `speculative` against `ar_exit` measured in the
   same run (p50 latency ratio with its bootstrap 95% interval, episodes resampled in pairs);
 - per-task tables; the published OpenVLA-OFT row for reference (not measured here);
