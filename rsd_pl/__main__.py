@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "one resumable evaluation over a grid of decoding settings, with a trade-off plot"),
     "layouts": ("rsd_pl.eval.layouts", "main",
                 "the token layouts of scripts/layouts.sh side by side: success, speed over ar_exit, coherence"),
+    "replay": ("rsd_pl.eval.replay", "main",
+               "the blind floor: one demo per task replayed open loop from the benchmark init states, paired"),
     "benchmark-table": ("rsd_pl.eval.benchmark_table", "main",
                         "a suite's benchmark: every observation setting's eval report side by side"),
     "suites-table": ("rsd_pl.eval.suites_table", "main",

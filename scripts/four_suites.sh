@@ -2,23 +2,24 @@
 # The users' table on the full protocol (README "Four-suite table"): for each LIBERO suite, demos from fresh
 # placements (never a benchmark init state), one multi-task main model in the VLA setting (camera + proprio) with
 # the benchmark recipe, then evaluation on the benchmark's own init states:
-#   1. l1, parallel, ar, ar_exit, speculative on trials 0-9 of every task (the same episodes in every mode)
+#   1. l1, parallel, ar, ar_exit, speculative on trials 0-9 of every task (the same episodes in every mode), and
+#      the blind floor on the same episodes: one demo per task replayed open loop (`rsd_pl replay`, step `replay`)
 #   2. l1, ar and ar_exit (the regression baseline, the token reference and the recommended mode) on trials 10-49 as
 #      well: 500 episodes each, so each pair of them is compared on the same 500 episodes (LONG_MODES to change)
 #   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode
 # and finally `python -m rsd_pl suites-table` over every suite done so far.
 #   bash scripts/four_suites.sh                                  # all four suites, one after the other
 #   bash scripts/four_suites.sh libero_object                   # one suite
-#   STEPS="collect fit" bash scripts/four_suites.sh libero_goal # only some steps: collect fit eval long pro table
+#   STEPS="collect fit" bash scripts/four_suites.sh libero_goal # some steps: collect fit eval replay long pro table
 # Everything resumes: rerun the same command after an interruption (collect and eval skip what is done, a fit already
 # exported is skipped, an interrupted fit continues from its last.ckpt). Each step fits in one working session.
-# Artifacts: data/four_suites/<suite>, checkpoints/four_suites/<suite>, runs/four_suites/<suite>/{rfsq,main,eval,pro},
+# Artifacts: data/four_suites/<suite>, checkpoints/four_suites/<suite>, runs/four_suites/<suite>/{rfsq,main,eval,replay,pro},
 # runs/four_suites/suites.{md,json,png}. Env: NUM_ENVS (2), DEMOS (per task, 20), FULL_TRIALS (50), TRIALS (10),
 # LONG_MODES (l1,ar,ar_exit).
 # `--smoke` (first argument): task 0, 2 demos at 32 px, a few training steps, 1-2 trials of 24 steps with one env,
 # no LIBERO-PRO step, into $FOUR_SUITES_ROOT (default runs/four-suites-smoke): what CI runs so this script keeps working.
 set -euo pipefail
-collect_extra=() fit_extra=() eval_extra=() pro_suffixes=(lan object swap)
+collect_extra=() fit_extra=() eval_extra=() replay_extra=() pro_suffixes=(lan object swap)
 trials=${TRIALS:-10} full_trials=${FULL_TRIALS:-50} demos=${DEMOS:-20} num_envs=${NUM_ENVS:-2}
 long_modes=${LONG_MODES:-l1,ar,ar_exit}
 if [[ "${1:-}" == "--smoke" ]]; then
@@ -28,11 +29,12 @@ if [[ "${1:-}" == "--smoke" ]]; then
   fit_extra=(--trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 2
              --trainer.check_val_every_n_epoch 1 --trainer.enable_progress_bar false)
   eval_extra=(--tasks 0 --max_steps 24 --camera_size null)  # null: the demos' 32 px
+  replay_extra=(--tasks 0)
   trials=1 full_trials=2 demos=2 num_envs=1 pro_suffixes=()  # eval on LIBERO-PRO: tests/test_libero_pro.py
 fi
 suites=("$@")
 [[ ${#suites[@]} -gt 0 ]] || suites=(libero_spatial libero_object libero_goal libero_10)
-steps=" ${STEPS:-collect fit eval long pro table} "
+steps=" ${STEPS:-collect fit eval replay long pro table} "
 if [[ -n "${root:-}" ]]; then base_data=$root/data base_ckpt=$root/checkpoints base_runs=$root/runs
 else base_data=data/four_suites base_ckpt=checkpoints/four_suites base_runs=runs/four_suites; fi
 data="" registry="" runs=""
@@ -61,6 +63,11 @@ for suite in "${suites[@]}"; do
   if step eval; then
     banner "eval $suite: every mode on trials 0-$((trials - 1)) (finished episodes are reused)"
     evaluate "$runs/eval" "[$suite]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
+  fi
+  if step replay; then
+    banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((trials - 1)) (finished episodes are kept)"
+    $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$trials" --out "$runs/replay" \
+      --compare "$runs/eval" "${replay_extra[@]}"
   fi
   if step long; then
     banner "eval $suite: $long_modes on trials 0-$((full_trials - 1)) (the benchmark's $full_trials init states)"

@@ -91,3 +91,22 @@ def test_bad_run_folders_are_refused(tmp_path):
         suites_table.build(tmp_path)
     with pytest.raises(RsdError, match="no such folder"):
         suites_table.build(tmp_path / "nope")
+
+
+def test_the_blind_replay_floor_is_a_row_paired_on_the_same_episodes(root):
+    folder, records, _ = root
+    clean = [r for r in records if r["suite"] == "libero_object" and r["mode"] == "l1" and r["trial"] < 4]
+    replay = [{"suite": "libero_object", "task_id": r["task_id"], "trial": r["trial"], "mode": "replay",
+               "success": True, "status": "success", "chunk_latency_ms": [], "latency_ms": {}, "steps": 100}
+              for r in clean]
+    (folder / "libero_object" / "replay").mkdir()
+    _write(folder / "libero_object" / "replay", replay)
+    table = suites_table.build(folder)
+    row = table["suites"]["libero_object"]["modes"]["replay"]
+    assert (row["successes"], row["trials"]) == (len(replay), len(replay))
+    vs_l1 = row["vs_l1"]
+    assert vs_l1["episodes"] == len(clean)
+    assert vs_l1["difference"] == pytest.approx(1 - sum(succeeded(r) for r in clean) / len(clean))
+    assert "replay" not in table["suites"]["libero_spatial"]["modes"]
+    text = suites_table.markdown(table)
+    assert "`replay`: the blind floor" in text and "| replay | - | " in text

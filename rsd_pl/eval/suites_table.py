@@ -2,7 +2,8 @@
 
 Reads `<root>/<suite>/eval/episodes.jsonl` (written by `eval`, one folder per suite, e.g. by
 `scripts/four_suites.sh`) and, where present, `<root>/<suite>/pro/episodes.jsonl` (the same model on
-LIBERO-PRO's perturbed suites). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/suites.png`:
+LIBERO-PRO's perturbed suites) and `<root>/<suite>/replay/episodes.jsonl` (the blind floor of `rsd_pl replay`, a
+row like a mode's). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/suites.png`:
 
 - success per suite and mode (successes / trials, Wilson 95% interval) and the average over the suites
   (the mean of the suites' rates, as the papers average; its interval is the Wilson interval of the pooled
@@ -39,6 +40,8 @@ OFT_PUBLISHED = {"libero_spatial": 97.6, "libero_object": 98.4, "libero_goal": 9
                  "average": 97.1}
 """OpenVLA-OFT's published success (%), 500 episodes per suite (Kim et al. 2025, Table I): for reference only."""
 PERTURBATIONS = ("lan", "object", "swap", "task")
+REPLAY_NOTE = (" `replay`: the blind floor, one training demo per task replayed open loop from the same init states "
+               "without looking (`python -m rsd_pl replay`).")
 
 
 def load_suites(root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -54,6 +57,9 @@ def load_suites(root: Path) -> dict[str, list[dict[str, Any]]]:
         records = [r for r in read_episodes(found[name]) if r["suite"] == name]
         if not records:
             raise RsdError(f"{found[name]}/episodes.jsonl: no episode of suite {name} (the folder is named after it)")
+        replay = root / name / "replay"  # the blind floor (`rsd_pl replay`): a row like a mode's, same episodes
+        if (replay / "episodes.jsonl").is_file():
+            records += [r for r in read_episodes(replay) if r["suite"] == name and r["mode"] == "replay"]
         out[name] = records
     return out
 
@@ -146,7 +152,7 @@ def markdown(table: dict[str, Any]) -> str:
     lines = ["# LIBERO: all suites", "",
              "Success (%) with the Wilson 95% interval and [episodes]. Average: the mean of the suites' rates (the "
              "papers' average); its interval is the pooled counts' Wilson interval. OpenVLA-OFT: published, not "
-             "measured here.", "",
+             "measured here." + (REPLAY_NOTE if "replay" in modes else ""), "",
              "| mode | " + " | ".join(suites) + " | average |", "|---" * (2 + len(suites)) + "|"]
     for mode in modes:
         cells = [_cell(table["suites"][s]["modes"][mode]) if mode in table["suites"][s]["modes"] else "-"

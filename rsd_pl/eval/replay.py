@@ -1,0 +1,198 @@
+"""`python -m rsd_pl replay`: the blind floor of a suite. For each task, one training demo's actions are replayed open
+loop from the benchmark's init states, with no observation used, then the arm holds still (zero motion, the demo's
+last gripper command) until the suite's step limit. A learned policy that does not beat this on the same episodes is
+not using what it sees.
+
+Where the demos vary little (libero_object's placement regions are a few mm), the replay is strong; where layouts vary
+(libero_spatial), it is weak. The episodes are the eval's: same suite, task, trial (benchmark init state), same wait
+steps and success check (`rsd_pl.eval.runner.run_episode`), logged as mode `replay` in `<out>/episodes.jsonl`, one line
+per finished episode (a rerun resumes). `--compare <eval folder>` pairs every mode of that evaluation with the replay
+on the episodes both ran (Newcombe interval, exact McNemar p), in `<out>/replay.md` and `replay.json`.
+
+  python -m rsd_pl replay --data data/four_suites/libero_object --suite libero_object --num_trials 10 \\
+      --out runs/four_suites/libero_object/replay --compare runs/four_suites/libero_object/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsd_pl.durable import FolderLock, atomic_write
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.episode_log import EpisodeLog, episode_key, read_episodes
+from rsd_pl.eval.report import _p_value, _points
+from rsd_pl.eval.stats import pair_by_episode, paired_success_test, succeeded, wilson_interval
+
+MODE = "replay"
+
+
+@dataclass
+class _NoChunks:
+    chunks: list = field(default_factory=list)
+
+
+class ReplayPolicy:
+    """The episode runner's policy protocol over a fixed action sequence: action t of the demo at step t, never
+    looking at the observation (it never asks for a batch, so the env renders nothing), then holding still."""
+
+    will_query = False  # no observation is ever needed: the env renders no camera frame
+
+    def __init__(self, actions: np.ndarray) -> None:
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 2 or actions.shape[1] != 7 or not len(actions):
+            raise RsdError(f"a replay needs (N, 7) actions with N >= 1, got shape {actions.shape}")
+        self.actions = actions
+        self.hold = np.zeros(7, dtype=np.float32)
+        self.hold[6] = actions[-1, 6]  # keep the gripper as the demo left it
+        self.stats = _NoChunks()
+        self._step = 0
+
+    def reset(self) -> None:
+        self._step = 0
+
+    def select_action(self, batch: Any) -> np.ndarray:
+        step, self._step = self._step, self._step + 1
+        return self.actions[step] if step < len(self.actions) else self.hold
+
+
+def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> dict[int, tuple[str, np.ndarray]]:
+    """task id -> (source "file:data/demo_k", actions (N, 7)) of demo `demo` of each task's file under `data`,
+    matched to the task by its instruction. RsdError naming the task or file when one is missing."""
+    from rsd_pl.data.libero_hdf5 import read_episodes as read_demos
+    from rsd_pl.data.libero_hdf5 import resolve_demo_files
+    from rsd_pl.envs.libero import task_info
+
+    wanted = {" ".join(task_info(suite, t).instruction.lower().split()): t for t in tasks}
+    found: dict[int, tuple[str, np.ndarray]] = {}
+    for path in resolve_demo_files(data):
+        episodes = read_demos(path, image_keys=[])  # actions and proprio only
+        task = wanted.get(" ".join(episodes[0].instruction.lower().split())) if episodes else None
+        if task is None:
+            continue
+        if demo >= len(episodes):
+            raise RsdError(f"{path}: --demo {demo} asked, but the file has {len(episodes)} complete demos")
+        found[task] = (episodes[demo].source, episodes[demo].actions)
+    missing = [t for t in tasks if t not in found]
+    if missing:
+        raise RsdError(f"{data}: no demo file for {suite} task(s) {missing} "
+                       f"({'; '.join(repr(task_info(suite, t).instruction) for t in missing)})")
+    return found
+
+
+def run(data: str | Path, suite: str, tasks: list[int], trials: list[int], out: Path, demo: int = 0) -> None:
+    """Replay each task's demo from each trial's init state; episodes already in `<out>/episodes.jsonl` are kept."""
+    from rsd_pl.envs.libero import LiberoEnv
+    from rsd_pl.eval.runner import run_episode
+
+    sources = demo_actions(data, suite, tasks, demo)
+    done = {episode_key(r) for r in read_episodes(out) if r["status"] != "error"}
+    todo = [(t, i) for t in tasks for i in trials if (suite, t, i, MODE) not in done]
+    print(f"replay: {len(done)} episodes already in {out}, {len(todo)} to run")
+    log = EpisodeLog(out, 0, 1)
+    run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    for task in sorted({t for t, _ in todo}):
+        source, actions = sources[task]
+        policy = ReplayPolicy(actions)
+        with LiberoEnv(suite, task, camera_size=None) as env:
+            for trial in [i for t, i in todo if t == task]:
+                result = run_episode(env, policy, env.max_steps, trial=trial, seed=trial, mode=MODE, image_size=0)
+                result.latency_ms, result.decoding, result.run = {}, {"mode": MODE, "demo": source}, run_id
+                log.append(result.to_json())
+                done.add((suite, task, trial, MODE))
+                print(f"[{len(done)}] {suite} task {task} trial {trial} {MODE}: {result.status} in {result.steps} "
+                      f"steps", flush=True)
+
+
+def summary(out: Path, suite: str, compare: Path | None) -> dict[str, Any]:
+    """Replay success per task and in all (Wilson 95%), and each mode of `compare` paired with the replay."""
+    records = [r for r in read_episodes(out) if r["suite"] == suite and r["mode"] == MODE]
+    if not records:
+        raise RsdError(f"{out}: no {MODE} episodes of {suite}")
+    per_task = {}
+    for task in sorted({int(r["task_id"]) for r in records}):
+        wins = [succeeded(r) for r in records if int(r["task_id"]) == task]
+        per_task[task] = {"successes": sum(wins), "episodes": len(wins), "interval": wilson_interval(sum(wins),
+                                                                                                       len(wins))}
+    wins = [succeeded(r) for r in records]
+    result: dict[str, Any] = {"suite": suite, "successes": sum(wins), "episodes": len(wins),
+                              "interval": wilson_interval(sum(wins), len(wins)), "per_task": per_task,
+                              "compared_with": None, "modes": {}}
+    if compare is not None:
+        others = [r for r in read_episodes(compare) if r["suite"] == suite and r["mode"] != MODE]
+        if not others:
+            raise RsdError(f"{compare}: no episodes of {suite} to compare with")
+        result["compared_with"] = str(compare)
+        for mode in sorted({r["mode"] for r in others}):
+            pairs = pair_by_episode([*others, *records], mode, MODE)
+            if pairs:
+                result["modes"][mode] = paired_success_test([succeeded(m) for m, _ in pairs],
+                                                            [succeeded(r) for _, r in pairs])
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    def rate(s: int, n: int, interval: tuple[float, float]) -> str:
+        return f"{s}/{n} ({100 * s / n:.1f}%, 95% CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
+
+    lines = [f"# Blind replay floor: {result['suite']}", "",
+             "One training demo's actions per task, replayed open loop from the benchmark init states (no "
+             "observation used). Success with Wilson 95% intervals.", "",
+             f"All tasks: {rate(result['successes'], result['episodes'], result['interval'])}", "",
+             "| task | replay success |", "|---|---|"]
+    lines += [f"| {t} | {rate(r['successes'], r['episodes'], r['interval'])} |" for t, r in result["per_task"].items()]
+    if result["compared_with"]:
+        lines += ["", f"## Against the modes of {result['compared_with']}", "",
+                  "Paired on the episodes both ran (same task and init state): mode minus replay in points, "
+                  "Newcombe 95% interval, exact McNemar p.", "",
+                  "| mode | episodes | mode success | replay success | difference (95% CI) | only mode / only replay "
+                  "| McNemar p | verdict |", "|---|---|---|---|---|---|---|---|"]
+        for mode, t in result["modes"].items():
+            n = t["episodes"]
+            lines.append(f"| {mode} | {n} | {t['both'] + t['mode_only']} | {t['both'] + t['reference_only']} | "
+                         f"{_points(t['difference'])} ({_points(t['ci_low'])} to {_points(t['ci_high'])}) | "
+                         f"{t['mode_only']} / {t['reference_only']} | {_p_value(t['p_value'])} | {t['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    from rsd_pl.envs import check_index, num_init_states, parse_index_list, suite_spec
+
+    parser = argparse.ArgumentParser(prog="python -m rsd_pl replay", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="folder (or file) of the suite's training demos (LIBERO HDF5)")
+    parser.add_argument("--suite", required=True, help="the LIBERO suite, e.g. libero_object")
+    parser.add_argument("--tasks", default=None, help="task ids, e.g. 0-9 or 0,3 (default: every task)")
+    parser.add_argument("--num_trials", type=int, default=10, help="benchmark init states 0..N-1 per task")
+    parser.add_argument("--demo", type=int, default=0, help="which demo of each task's file to replay (demo order)")
+    parser.add_argument("--out", required=True, help="output folder: episodes.jsonl, replay.md, replay.json")
+    parser.add_argument("--compare", default=None, help="an eval folder whose modes are paired with the replay")
+    args = parser.parse_args(argv)
+    spec = suite_spec(args.suite)
+    tasks = list(range(spec.num_tasks)) if args.tasks is None else parse_index_list(args.tasks)
+    for task in tasks:
+        check_index(f"task id for {args.suite}", task, spec.num_tasks)
+        if not 1 <= args.num_trials <= (count := num_init_states(args.suite, task)):
+            raise RsdError(f"--num_trials {args.num_trials}: {args.suite} task {task} has {count} init states")
+    if args.demo < 0:
+        raise RsdError(f"--demo {args.demo}: a demo index is >= 0")
+    compare = Path(args.compare) if args.compare else None
+    if compare is not None and not (compare / "episodes.jsonl").is_file():
+        raise RsdError(f"--compare {compare}: no episodes.jsonl there")
+    out = Path(args.out)
+    with FolderLock(out, "replay"):
+        run(args.data, args.suite, tasks, list(range(args.num_trials)), out, args.demo)
+        result = summary(out, args.suite, compare)
+        text = markdown(result)
+        atomic_write(out / "replay.md", text)
+        atomic_write(out / "replay.json", json.dumps(result, indent=2))
+    print(text)
+    print(f"wrote {out / 'replay.md'}, {out / 'replay.json'}")
+    return 0

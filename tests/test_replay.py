@@ -1,0 +1,87 @@
+"""`replay`: the blind floor (a demo's actions open loop from the benchmark init states). The policy and the paired
+summary without LIBERO, then a real demo collected and replayed from its own init state, resumed, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rsd_pl.errors import RsdError
+from rsd_pl.eval.replay import ReplayPolicy, main, markdown, summary
+
+
+def test_replay_plays_the_demo_then_holds_still_with_its_last_gripper_command():
+    actions = np.array([[0.5, 0, 0, 0, 0, 0, -1.0], [0, 0.5, 0, 0, 0, 0, 1.0]], dtype=np.float32)
+    policy = ReplayPolicy(actions)
+
+    def no_observation():
+        raise AssertionError("the replay must never ask for an observation")
+
+    played = [policy.select_action(no_observation) for _ in range(4)]
+    np.testing.assert_array_equal(played[:2], actions)
+    np.testing.assert_array_equal(played[2], [0, 0, 0, 0, 0, 0, 1.0])
+    np.testing.assert_array_equal(played[3], played[2])
+    policy.reset()
+    np.testing.assert_array_equal(policy.select_action(no_observation), actions[0])
+    assert policy.will_query is False and policy.stats.chunks == []
+
+
+def test_a_replay_needs_seven_dimensional_actions():
+    with pytest.raises(RsdError, match=r"\(N, 7\) actions"):
+        ReplayPolicy(np.zeros((5, 6)))
+    with pytest.raises(RsdError, match=r"\(N, 7\) actions"):
+        ReplayPolicy(np.zeros((0, 7)))
+
+
+def _line(task: int, trial: int, mode: str, success: bool) -> str:
+    return json.dumps({"suite": "libero_object", "task_id": task, "trial": trial, "mode": mode, "success": success,
+                       "status": "success" if success else "timeout"})
+
+
+def test_summary_pairs_each_mode_with_the_replay_on_the_same_episodes(tmp_path):
+    out, compare = tmp_path / "replay", tmp_path / "eval"
+    out.mkdir(), compare.mkdir()
+    replay = {(0, 0): True, (0, 1): True, (1, 0): True, (1, 1): False}
+    (out / "episodes.jsonl").write_text("\n".join(_line(t, i, "replay", s) for (t, i), s in replay.items()) + "\n")
+    l1 = {(0, 0): False, (0, 1): True, (1, 0): False, (1, 1): True, (1, 2): True}  # (1, 2): no replay to pair
+    (compare / "episodes.jsonl").write_text("\n".join(_line(t, i, "l1", s) for (t, i), s in l1.items()) + "\n")
+    result = summary(out, "libero_object", compare)
+    assert (result["successes"], result["episodes"]) == (3, 4)
+    assert {t: (r["successes"], r["episodes"]) for t, r in result["per_task"].items()} == {0: (2, 2), 1: (1, 2)}
+    test = result["modes"]["l1"]
+    assert test["episodes"] == 4 and (test["both"], test["mode_only"], test["reference_only"]) == (1, 1, 2)
+    assert test["difference"] == pytest.approx((2 - 3) / 4)
+    text = markdown(result)
+    assert "All tasks: 3/4 (75.0%" in text and "| l1 | 4 | 2 | 3 | -25.0 (" in text
+    with pytest.raises(RsdError, match="no replay episodes of libero_spatial"):
+        summary(out, "libero_spatial", None)
+
+
+@pytest.mark.libero
+def test_a_collected_demo_replayed_from_its_own_init_state_succeeds_and_a_rerun_resumes(tmp_path, capsys):
+    from rsd_pl.collect import main as collect
+
+    data, out = tmp_path / "demos", tmp_path / "replay"
+    assert collect(["--suite", "libero_spatial", "--tasks", "0", "--episodes", "1", "--init_states", "0",
+                    "--image_size", "32", "--cameras", "[agentview]", "--out", str(data)]) == 0
+    assert main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "2",
+                 "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["trial"], r["mode"]) for r in records] == [(0, 0, "replay"), (0, 1, "replay")]
+    first = records[0]
+    assert first["status"] == "success" and first["success"] is True  # the demo's own init state: same physics
+    assert first["decoding"]["demo"].endswith(":data/demo_0") and first["chunks"] == 0
+    assert json.loads((out / "replay.json").read_text())["episodes"] == 2
+    capsys.readouterr()
+    assert main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "replay: 2 episodes already in" in printed and ", 0 to run" in printed
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(RsdError, match=r"no demo file for libero_spatial task\(s\) \[1\]"):
+        main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "1", "--out", str(out)])
+    with pytest.raises(RsdError, match="--num_trials 51"):
+        main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "51",
+              "--out", str(out)])
