@@ -242,3 +242,30 @@ def test_soak(tmp_path, synthetic_demo_file, random_registry):
     assert check_fit_survives(tmp_path / "fit", synthetic_demo_file, SOAK_KILLS) >= 3
     for num_envs in (1, 2):
         assert check_eval_survives(tmp_path / f"eval{num_envs}", random_registry, num_envs, SOAK_KILLS) >= 2
+
+
+@pytest.mark.libero
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_eval_stops_on_sigterm_keeps_its_log_and_resumes(tmp_path, random_registry, num_envs):
+    """`kill <pid>` (SIGTERM, to the main process only, as a scheduler's preemption sends it): Lightning catches the
+    signal, so eval itself must stop between episodes, with every finished episode logged whole."""
+    out, log = tmp_path / "eval", tmp_path / "eval.log"
+    cmd = eval_cmd(random_registry, out, num_envs, "[l1,ar]")
+    cmd[cmd.index("--num_trials") + 1] = "8"
+    with open(log, "a") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            start = time.monotonic()
+            while not ((out / "episodes.jsonl").is_file() and (out / "episodes.jsonl").read_text().count("\n") >= 1):
+                assert proc.poll() is None and time.monotonic() - start < 240, log.read_text()[-3000:]
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGTERM)
+            rc = proc.wait(timeout=60)  # at most the episodes in flight finish first
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 1 and "stopped on SIGTERM" in log.read_text(), log.read_text()[-3000:]
+    logged = len(outcomes(out))
+    assert 1 <= logged < 16, logged
+    run_to_end(cmd, log)
+    assert len(outcomes(out)) == 16  # the rest ran, nothing twice

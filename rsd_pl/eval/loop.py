@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rsd_pl.envs import SHADOWS
+from rsd_pl.errors import RsdError
 from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec
 from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
 from rsd_pl.eval.episodes import count_runs, episode_list, output_lock, pending_items
@@ -82,7 +83,19 @@ class EvalModule(L.LightningModule):
         With num_envs > 1, `item` is a list of up to num_envs episodes run together (rsd_pl.eval.vector)."""
         if isinstance(item, list):
             return self._run_group(item)
-        return [self._run_mode(item, mode) for mode in item["modes"]]
+        records = []
+        for mode in item["modes"]:
+            self._stop_on_sigterm()
+            records.append(self._run_mode(item, mode))
+        return records
+
+    def _stop_on_sigterm(self) -> None:
+        """Stop between episodes once the process got SIGTERM (`kill <pid>`, a scheduler's preemption). Lightning's
+        signal connector catches SIGTERM and only sets `trainer.received_sigterm`, which its predict loop never
+        reads: without this check an eval ran on to its end. Every finished episode is already in the log."""
+        if getattr(self._trainer, "received_sigterm", False):
+            raise RsdError(f"stopped on SIGTERM; every finished episode is in {self._log.path}: rerun the same "
+                           "command to resume")
 
     def _run_group(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each mode in turn on the episodes that still need it, one env per worker, decoded as one batch."""
@@ -99,6 +112,7 @@ class EvalModule(L.LightningModule):
                 self._policies[mode] = self.make_policy(mode)
             policy = self._policies[mode]
             group = [item for item in items if mode in item["modes"]]
+            self._stop_on_sigterm()
             larger = bool(self.obs.cameras) and video_larger_than_cameras(self.video_size, self.camera_size)
             for result in run_batched(self._pool, policy, group, mode, video_from_obs=not larger):
                 result.decoding = policy.decoding
