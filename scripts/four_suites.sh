@@ -3,7 +3,7 @@
 # placements (never a benchmark init state), one multi-task main model in the VLA setting (camera + proprio) with
 # the benchmark recipe, then evaluation on the benchmark's own init states:
 #   1. l1, parallel, ar, ar_exit, speculative on trials 0-9 of every task (the same episodes in every mode), and
-#      the blind floor on the same episodes: one demo per task replayed open loop (`rsd_pl replay`, step `replay`)
+#      the blind floor on all 50 init states: one demo per task replayed open loop (`rsd_pl replay`, step `replay`)
 #   2. l1, ar and ar_exit (the regression baseline, the token reference and the recommended mode) on trials 10-49 as
 #      well: 500 episodes each, so each pair of them is compared on the same 500 episodes (LONG_MODES to change)
 #   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode
@@ -65,8 +65,8 @@ for suite in "${suites[@]}"; do
     evaluate "$runs/eval" "[$suite]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
   fi
   if step replay; then
-    banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((trials - 1)) (finished episodes are kept)"
-    $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$trials" --out "$runs/replay" \
+    banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((full_trials - 1)) (finished episodes are kept)"
+    $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$full_trials" --out "$runs/replay" \
       --compare "$runs/eval" "${replay_extra[@]}"
   fi
   if step long; then
