@@ -2,15 +2,15 @@
 # The users' table on the full protocol (README "Four-suite table"): for each LIBERO suite, demos from fresh
 # placements (never a benchmark init state), one multi-task main model in the VLA setting (camera + proprio) with
 # the benchmark recipe, then evaluation on the benchmark's own init states:
-#   1. l1, parallel, ar, ar_exit, speculative on trials 0-9 of every task (the same episodes in every mode), and
-#      the blind floor on all 50 init states: one demo per task replayed open loop (`rsd_pl replay`, step `replay`)
+#   1. l1, parallel, ar, ar_exit, speculative on trials 0-9 of every task (the same episodes in every mode)
 #   2. l1, ar and ar_exit (the regression baseline, the token reference and the recommended mode) on trials 10-49 as
-#      well: 500 episodes each, so each pair of them is compared on the same 500 episodes (LONG_MODES to change)
+#      well: 500 episodes each, so each pair of them is compared on the same 500 episodes (LONG_MODES to change);
+#      then the blind floor on all 50 init states: one demo per task replayed open loop (`rsd_pl replay`)
 #   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode
 # and finally `python -m rsd_pl suites-table` over every suite done so far.
 #   bash scripts/four_suites.sh                                  # all four suites, one after the other
 #   bash scripts/four_suites.sh libero_object                   # one suite
-#   STEPS="collect fit" bash scripts/four_suites.sh libero_goal # some steps: collect fit eval replay long pro table
+#   STEPS="collect fit" bash scripts/four_suites.sh libero_goal # some steps: collect fit eval long replay pro table
 # Everything resumes: rerun the same command after an interruption (collect and eval skip what is done, a fit already
 # exported is skipped, an interrupted fit continues from its last.ckpt). Each step fits in one working session.
 # Artifacts: data/four_suites/<suite>, checkpoints/four_suites/<suite>, runs/four_suites/<suite>/{rfsq,main,eval,replay,pro},
@@ -34,7 +34,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
 fi
 suites=("$@")
 [[ ${#suites[@]} -gt 0 ]] || suites=(libero_spatial libero_object libero_goal libero_10)
-steps=" ${STEPS:-collect fit eval replay long pro table} "
+steps=" ${STEPS:-collect fit eval long replay pro table} "
 if [[ -n "${root:-}" ]]; then base_data=$root/data base_ckpt=$root/checkpoints base_runs=$root/runs
 else base_data=data/four_suites base_ckpt=checkpoints/four_suites base_runs=runs/four_suites; fi
 data="" registry="" runs=""
@@ -64,15 +64,15 @@ for suite in "${suites[@]}"; do
     banner "eval $suite: every mode on trials 0-$((trials - 1)) (finished episodes are reused)"
     evaluate "$runs/eval" "[$suite]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
   fi
-  if step replay; then
-    banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((full_trials - 1)) (finished episodes are kept)"
-    $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$full_trials" --out "$runs/replay" \
-      --compare "$runs/eval" "${replay_extra[@]}"
-  fi
   if step long; then
     banner "eval $suite: $long_modes on trials 0-$((full_trials - 1)) (the benchmark's $full_trials init states)"
     # the action gap to ar was measured on trials 0-9 in the step before; no second decode per chunk here
     evaluate "$runs/eval" "[$suite]" "[$long_modes]" "$full_trials" --deviation_reference null
+  fi
+  if step replay; then
+    banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((full_trials - 1)) (finished episodes are kept)"
+    $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$full_trials" --out "$runs/replay" \
+      --compare "$runs/eval" "${replay_extra[@]}"
   fi
   if step pro && [[ ${#pro_suffixes[@]} -gt 0 ]]; then
     pro=$(printf "${suite}_%s," "${pro_suffixes[@]}")
