@@ -13,9 +13,6 @@ eval.vector and eval.video lazily.
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,7 @@ from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec
 from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
 from rsd_pl.eval.episodes import count_runs, episode_list, output_lock, pending_items
 from rsd_pl.eval.report import write_report
-from rsd_pl.eval.runner import EpisodeResult, run_episode, video_larger_than_cameras
+from rsd_pl.eval.runner import EpisodeResult, new_run_id, run_episode, video_larger_than_cameras
 
 
 class EpisodeDataset(Dataset):
@@ -76,7 +73,7 @@ class EvalModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self._log = EpisodeLog(self.out_dir, self.global_rank, self.trainer.world_size)
-        self._run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._run_id = new_run_id()
 
     def predict_step(self, item: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         """One episode (suite, task, trial, seed) in each of its pending modes; one log line per mode.

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rsd_pl.decoding import StatsAggregator
 from rsd_pl.durable import FolderLock, atomic_write
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.episode_log import EpisodeLog, episode_key, read_episodes
@@ -33,11 +30,6 @@ from rsd_pl.eval.report import _p_value, _points
 from rsd_pl.eval.stats import pair_by_episode, paired_success_test, succeeded, wilson_interval
 
 MODE = "replay"
-
-
-@dataclass
-class _NoChunks:
-    chunks: list = field(default_factory=list)
 
 
 class ReplayPolicy:
@@ -53,7 +45,7 @@ class ReplayPolicy:
         self.actions = actions
         self.hold = np.zeros(7, dtype=np.float32)
         self.hold[6] = actions[-1, 6]  # keep the gripper as the demo left it
-        self.stats = _NoChunks()
+        self.stats = StatsAggregator()  # never fed: a replay decodes no chunk
         self._step = 0
 
     def reset(self) -> None:
@@ -91,14 +83,14 @@ def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> d
 def run(data: str | Path, suite: str, tasks: list[int], trials: list[int], out: Path, demo: int = 0) -> None:
     """Replay each task's demo from each trial's init state; episodes already in `<out>/episodes.jsonl` are kept."""
     from rsd_pl.envs.libero import LiberoEnv
-    from rsd_pl.eval.runner import run_episode
+    from rsd_pl.eval.runner import new_run_id, run_episode
 
     sources = demo_actions(data, suite, tasks, demo)
     done = {episode_key(r) for r in read_episodes(out) if r["status"] != "error"}
     todo = [(t, i) for t in tasks for i in trials if (suite, t, i, MODE) not in done]
     print(f"replay: {len(done)} episodes already in {out}, {len(todo)} to run")
     log = EpisodeLog(out, 0, 1)
-    run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    run_id = new_run_id()
     for task in sorted({t for t, _ in todo}):
         source, actions = sources[task]
         policy = ReplayPolicy(actions)

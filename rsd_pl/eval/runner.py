@@ -16,10 +16,12 @@ Imports: eval.report (percentiles) only; the env and the policy come in as argum
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
 import traceback
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -113,6 +115,11 @@ class EpisodeResult:
         out = asdict(self)
         del out["frames"]
         return out
+
+
+def new_run_id() -> str:
+    """The `EpisodeResult.run` of this process's episodes: start time, pid and a random suffix."""
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def seed_everything(seed: int) -> None:
