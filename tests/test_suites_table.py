@@ -79,7 +79,26 @@ def test_libero_pro_is_paired_with_the_clean_run_on_the_same_task_and_trial(root
         assert row["clean"]["successes"] == sum(succeeded(r) for r in clean)
         assert row["perturbed"]["successes"] == sum(succeeded(r) for r in perturbed) < row["clean"]["successes"]
         assert row["vs_clean"]["episodes"] == len(clean) and row["vs_clean"]["difference"] < 0
-    assert "## LIBERO-PRO: clean against perturbed" in suites_table.markdown(table)
+    assert all(row["planned"] == row["perturbed"]["trials"] for row in rows.values())
+    text = suites_table.markdown(table)
+    assert "## LIBERO-PRO: clean against perturbed" in text and "partial" not in text.split("| suite |")[-1]
+
+
+def test_a_libero_pro_perturbation_still_under_way_is_marked_partial(root):
+    """The object perturbation has run task 0 only; the language one every task: only the first is partial."""
+    folder, records, pro = root
+    started = [{**r, "suite": "libero_spatial_object"} for r in pro if r["task_id"] == 0]
+    _write(folder / "libero_spatial" / "pro", pro + started)
+    table = suites_table.build(folder)
+    rows = {(r["perturbation"], r["mode"]): r for r in table["pro"]}
+    for mode in ("l1", "ar"):
+        planned = sum(1 for r in pro if r["mode"] == mode)
+        assert rows["lan", mode]["planned"] == rows["object", mode]["planned"] == planned
+        done = sum(1 for r in started if r["mode"] == mode)
+        assert 0 < rows["object", mode]["perturbed"]["trials"] == done < planned
+    lines = suites_table.markdown(table).splitlines()
+    assert any(f"| libero_spatial | object (partial: {done} of {planned}) | ar |" in line for line in lines)
+    assert not any("| lan (partial" in line for line in lines)
 
 
 def test_bad_run_folders_are_refused(tmp_path):

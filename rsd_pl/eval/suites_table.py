@@ -120,6 +120,9 @@ def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[
             continue
         perturbed = read_episodes(folder)
         clean = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in clean_records}
+        # The step's plan, read from its own log: every clean task on every trial that any perturbed run reached. A
+        # row with fewer paired episodes is a run still under way, and says so.
+        planned_trials = {int(r["trial"]) for r in perturbed}
         for perturbation in PERTURBATIONS:
             name = f"{suite}_{perturbation}"
             mine = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in perturbed
@@ -129,7 +132,8 @@ def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[
                 if not shared:
                     continue
                 test = paired_success_test([mine[k] for k in shared], [clean[k] for k in shared])
-                rows.append({"suite": suite, "perturbation": perturbation, "mode": mode,
+                planned = sum(1 for k in clean if k[2] == mode and k[1] in planned_trials)
+                rows.append({"suite": suite, "perturbation": perturbation, "mode": mode, "planned": planned,
                              "clean": _rate(sum(clean[k] for k in shared), len(shared)),
                              "perturbed": _rate(sum(mine[k] for k in shared), len(shared)), "vs_clean": test})
     return rows
@@ -186,10 +190,13 @@ def markdown(table: dict[str, Any]) -> str:
         lines += ["", "## LIBERO-PRO: clean against perturbed", "",
                   "The same model on LIBERO-PRO's perturbation of each suite, paired with the clean run on the same "
                   "task and trial (Newcombe 95% interval, exact McNemar p). lan: paraphrased instruction; object: "
-                  "object appearance; swap: object positions swapped; task: another task in the scene.", "",
+                  "object appearance; swap: object positions swapped; task: another task in the scene. A row "
+                  "marked partial has not yet run every task on the trials the step runs.", "",
                   "| suite | perturbation | mode | clean | perturbed | difference |", "|---|---|---|---|---|---|"]
         for row in table["pro"]:
-            lines.append(f"| {row['suite']} | {row['perturbation']} | {row['mode']} | {_cell(row['clean'])} | "
+            done, planned = row["perturbed"]["trials"], row["planned"]
+            partial = f" (partial: {done} of {planned})" if done < planned else ""
+            lines.append(f"| {row['suite']} | {row['perturbation']}{partial} | {row['mode']} | {_cell(row['clean'])} | "
                          f"{_cell(row['perturbed'])} | {_versus(row['vs_clean'])} |")
     for suite in suites:
         lines += ["", f"## Per task: {suite}", "", "successes / trials", "",
