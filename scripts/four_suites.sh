@@ -6,7 +6,8 @@
 #   2. l1, ar and ar_exit (the regression baseline, the token reference and the recommended mode) on trials 10-49 as
 #      well: 500 episodes each, so each pair of them is compared on the same 500 episodes (LONG_MODES to change);
 #      then the blind floor on all 50 init states: one demo per task replayed open loop (`rsd_pl replay`)
-#   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode
+#   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode, and the
+#      blind replay on them (LIBERO-PRO places the objects anew: the replay shows what that alone does)
 # and finally `python -m rsd_pl suites-table` over every suite done so far.
 #   bash scripts/four_suites.sh                                  # all four suites, one after the other
 #   bash scripts/four_suites.sh libero_object                   # one suite
@@ -71,13 +72,18 @@ for suite in "${suites[@]}"; do
   fi
   if step replay; then
     banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((full_trials - 1)) (finished episodes are kept)"
+    compare=("$runs/eval")
+    if [[ -f $runs/pro/episodes.jsonl ]]; then compare+=("$runs/pro"); fi  # a rerun keeps the LIBERO-PRO pairings
     $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$full_trials" --out "$runs/replay" \
-      --compare "$runs/eval" "${replay_extra[@]}"
+      --compare "${compare[@]}" "${replay_extra[@]}"
   fi
   if step pro && [[ ${#pro_suffixes[@]} -gt 0 ]]; then
     pro=$(printf "${suite}_%s," "${pro_suffixes[@]}")
     banner "eval $suite on LIBERO-PRO (${pro%,}): every mode on trials 0-$((trials - 1))"
     evaluate "$runs/pro" "[${pro%,}]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
+    banner "replay $suite on LIBERO-PRO: the blind floor at the perturbed suites' own placements, trials 0-$((trials - 1))"
+    $PY -m rsd_pl replay --data "$data" --suite "${pro%,}" --num_trials "$trials" --out "$runs/replay" \
+      --compare "$runs/eval" "$runs/pro" "${replay_extra[@]}"
   fi
 done
 if step table; then

@@ -37,6 +37,22 @@ def test_instructions_follow_the_perturbation():
 
 
 @pytest.mark.libero
+def test_libero_pro_places_the_objects_anew_so_a_trial_is_not_the_clean_trial():
+    """LIBERO-PRO ships its own init states: trial k of `libero_spatial_lan` is not trial k of `libero_spatial`, nor
+    any of its 50 (the table pairs clean and perturbed by task and trial index, and says the placements differ)."""
+    import numpy as np
+
+    from rsd_pl.envs.libero import PLACEMENT_MATCH_M, LiberoEnv
+
+    with LiberoEnv("libero_spatial", 0, camera_size=None) as clean, \
+            LiberoEnv("libero_spatial_lan", 0, camera_size=None) as lan:
+        assert np.shape(clean.init_states) == np.shape(lan.init_states)
+        nearest = [clean.benchmark_distance(state) for state in lan.init_states[:10]]
+    assert min(nearest) > PLACEMENT_MATCH_M, nearest  # none is a clean benchmark placement
+    assert 0.005 < float(np.median(nearest)) < 0.05  # new draws from the same regions: cm away, not elsewhere
+
+
+@pytest.mark.libero
 def test_eval_runs_libero_pro_suites_for_a_few_steps(tmp_path, capsys):
     """The real command on a language and an object perturbation: 1 episode x 4 steps each, logged under the
     perturbed suite with its instruction; an unknown suite (LIBERO-PRO's `_env`, whose files are not installed)

@@ -57,6 +57,12 @@ def test_summary_pairs_each_mode_with_the_replay_on_the_same_episodes(tmp_path):
     assert "All tasks: 3/4 (75.0%" in text and "| l1 | 4 | 2 | 3 | -25.0 (" in text
     with pytest.raises(RsdError, match="no replay episodes of libero_spatial"):
         summary(out, "libero_spatial", None)
+    other = tmp_path / "pro"  # a second evaluation folder, of another suite: pooled, and named only where it counts
+    other.mkdir()
+    (other / "episodes.jsonl").write_text(_line(0, 0, "ar", True).replace("libero_object", "libero_object_lan") + "\n")
+    both = summary(out, "libero_object", [compare, other])
+    assert both["compared_with"] == str(compare) and both["modes"] == result["modes"]
+    assert summary(out, "libero_object", [other])["compared_with"] is None
 
 
 @pytest.mark.libero
@@ -73,15 +79,26 @@ def test_a_collected_demo_replayed_from_its_own_init_state_succeeds_and_a_rerun_
     first = records[0]
     assert first["status"] == "success" and first["success"] is True  # the demo's own init state: same physics
     assert first["decoding"]["demo"].endswith(":data/demo_0") and first["chunks"] == 0
-    assert json.loads((out / "replay.json").read_text())["episodes"] == 2
+    assert [r["episodes"] for r in json.loads((out / "replay.json").read_text())["suites"]] == [2]
     capsys.readouterr()
     assert main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "2",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "replay: 2 episodes already in" in printed and ", 0 to run" in printed
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+    # LIBERO-PRO: the paraphrased suite replays the base task's demo, matched by the base suite's instruction (its own
+    # is a paraphrase). Its init states are its own placements, so the outcome may differ from the clean trial's.
+    assert main(["--data", str(data), "--suite", "libero_spatial_lan", "--tasks", "0", "--num_trials", "1",
+                 "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    lan = [r for r in records if r["suite"] == "libero_spatial_lan"]
+    assert len(lan) == 1 and lan[0]["decoding"]["demo"] == first["decoding"]["demo"] and lan[0]["chunks"] == 0
+    assert lan[0]["instruction"] != first["instruction"]
+    sections = json.loads((out / "replay.json").read_text())["suites"]
+    assert [(r["suite"], r["episodes"]) for r in sections] == [("libero_spatial", 2), ("libero_spatial_lan", 1)]
+    assert "# Blind replay floor: libero_spatial_lan" in (out / "replay.md").read_text()
     with pytest.raises(RsdError, match=r"no demo file for libero_spatial task\(s\) \[1\]"):
-        main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "1", "--out", str(out)])
+        main(["--data", str(data), "--suite", "libero_spatial_swap", "--tasks", "1", "--out", str(out)])
     with pytest.raises(RsdError, match="--num_trials 51"):
         main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "51",
               "--out", str(out)])

@@ -129,3 +129,24 @@ def test_the_blind_replay_floor_is_a_row_paired_on_the_same_episodes(root):
     assert "replay" not in table["suites"]["libero_spatial"]["modes"]
     text = suites_table.markdown(table)
     assert "`replay`: the blind floor" in text and "| replay | - | " in text
+
+
+def test_the_blind_replay_on_a_libero_pro_suite_is_a_row_of_its_comparison(root):
+    """The replay on libero_spatial and libero_spatial_lan (new placements: it loses task 0) pairs like a mode."""
+    folder, records, _ = root
+    clean = [r for r in records if r["suite"] == "libero_spatial" and r["mode"] == "l1" and r["trial"] < 4]
+
+    def replay(suite, lost_task):
+        return [{"suite": suite, "task_id": r["task_id"], "trial": r["trial"], "mode": "replay",
+                 "success": r["task_id"] != lost_task, "status": "success" if r["task_id"] != lost_task else "timeout",
+                 "chunk_latency_ms": [], "latency_ms": {}, "steps": 100} for r in clean]
+
+    (folder / "libero_spatial" / "replay").mkdir()
+    _write(folder / "libero_spatial" / "replay", replay("libero_spatial", None) + replay("libero_spatial_lan", 0))
+    table = suites_table.build(folder)
+    assert table["suites"]["libero_spatial"]["modes"]["replay"]["trials"] == len(clean)  # the clean rows only
+    row = {(r["perturbation"], r["mode"]): r for r in table["pro"]}["lan", "replay"]
+    lost = sum(1 for r in clean if r["task_id"] == 0)
+    assert row["clean"]["successes"] == len(clean) and row["perturbed"]["successes"] == len(clean) - lost > 0
+    assert row["vs_clean"]["reference_only"] == lost and row["planned"] == len(clean)
+    assert "| libero_spatial | lan | replay |" in suites_table.markdown(table)

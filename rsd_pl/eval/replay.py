@@ -6,11 +6,19 @@ not using what it sees.
 Where the demos vary little (libero_object's placement regions are a few mm), the replay is strong; where layouts vary
 (libero_spatial), it is weak. The episodes are the eval's: same suite, task, trial (benchmark init state), same wait
 steps and success check (`rsd_pl.eval.runner.run_episode`), logged as mode `replay` in `<out>/episodes.jsonl`, one line
-per finished episode (a rerun resumes). `--compare <eval folder>` pairs every mode of that evaluation with the replay
-on the episodes both ran (Newcombe interval, exact McNemar p), in `<out>/replay.md` and `replay.json`.
+per finished episode (a rerun resumes). `--compare <eval folder> ...` pairs every mode of those evaluations with the
+replay on the episodes both ran (Newcombe interval, exact McNemar p), in `<out>/replay.md` and `replay.json`, one
+section per suite in the folder's log.
+
+`--suite` takes several suites, e.g. a benchmark suite and its LIBERO-PRO perturbations: a perturbed suite's task k
+replays the demo of its base suite's task k (LIBERO-PRO keeps the task order; its `_lan` instructions are paraphrases,
+so the demo is matched by the base suite's instruction). The blind floor under a perturbation shows what the
+perturbation asks of a policy that does not look: nothing for a paraphrase, everything for swapped positions.
 
   python -m rsd_pl replay --data data/four_suites/libero_object --suite libero_object --num_trials 10 \\
       --out runs/four_suites/libero_object/replay --compare runs/four_suites/libero_object/eval
+  python -m rsd_pl replay --data data/four_suites/libero_object --suite libero_object_lan,libero_object_swap \\
+      --num_trials 10 --out runs/four_suites/libero_object/replay --compare runs/four_suites/libero_object/pro
 """
 
 from __future__ import annotations
@@ -58,12 +66,15 @@ class ReplayPolicy:
 
 def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> dict[int, tuple[str, np.ndarray]]:
     """task id -> (source "file:data/demo_k", actions (N, 7)) of demo `demo` of each task's file under `data`,
-    matched to the task by its instruction. RsdError naming the task or file when one is missing."""
+    matched to the task by its instruction (a LIBERO-PRO suite's: its base suite's, same task id). RsdError naming
+    the task or file when one is missing."""
     from rsd_pl.data.libero_hdf5 import read_episodes as read_demos
     from rsd_pl.data.libero_hdf5 import resolve_demo_files
+    from rsd_pl.envs import suite_spec
     from rsd_pl.envs.libero import task_info
 
-    wanted = {" ".join(task_info(suite, t).instruction.lower().split()): t for t in tasks}
+    source_suite = suite_spec(suite).base or suite  # LIBERO-PRO keeps its base suite's task order
+    wanted = {" ".join(task_info(source_suite, t).instruction.lower().split()): t for t in tasks}
     found: dict[int, tuple[str, np.ndarray]] = {}
     for path in resolve_demo_files(data):
         episodes = read_demos(path, image_keys=[])  # actions and proprio only
@@ -75,8 +86,8 @@ def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> d
         found[task] = (episodes[demo].source, episodes[demo].actions)
     missing = [t for t in tasks if t not in found]
     if missing:
-        raise RsdError(f"{data}: no demo file for {suite} task(s) {missing} "
-                       f"({'; '.join(repr(task_info(suite, t).instruction) for t in missing)})")
+        raise RsdError(f"{data}: no demo file for {source_suite} task(s) {missing} "
+                       f"({'; '.join(repr(task_info(source_suite, t).instruction) for t in missing)})")
     return found
 
 
@@ -104,8 +115,10 @@ def run(data: str | Path, suite: str, tasks: list[int], trials: list[int], out: 
                       f"steps", flush=True)
 
 
-def summary(out: Path, suite: str, compare: Path | None) -> dict[str, Any]:
-    """Replay success per task and in all (Wilson 95%), and each mode of `compare` paired with the replay."""
+def summary(out: Path, suite: str, compare: Path | list[Path] | None) -> dict[str, Any]:
+    """Replay success per task and in all (Wilson 95%), and each mode of the `compare` folders' logs (pooled)
+    paired with the replay."""
+    folders = [] if compare is None else [compare] if isinstance(compare, Path) else list(compare)
     records = [r for r in read_episodes(out) if r["suite"] == suite and r["mode"] == MODE]
     if not records:
         raise RsdError(f"{out}: no {MODE} episodes of {suite}")
@@ -118,11 +131,10 @@ def summary(out: Path, suite: str, compare: Path | None) -> dict[str, Any]:
     result: dict[str, Any] = {"suite": suite, "successes": sum(wins), "episodes": len(wins),
                               "interval": wilson_interval(sum(wins), len(wins)), "per_task": per_task,
                               "compared_with": None, "modes": {}}
-    if compare is not None:
-        others = [r for r in read_episodes(compare) if r["suite"] == suite and r["mode"] != MODE]
-        if not others:
-            raise RsdError(f"{compare}: no episodes of {suite} to compare with")
-        result["compared_with"] = str(compare)
+    logs = {str(f): [r for r in read_episodes(f) if r["suite"] == suite and r["mode"] != MODE] for f in folders}
+    others = [r for log in logs.values() for r in log]
+    if others:  # a suite the compared evaluations never ran is summarised alone
+        result["compared_with"] = ", ".join(folder for folder, log in logs.items() if log)
         for mode in sorted({r["mode"] for r in others}):
             pairs = pair_by_episode([*others, *records], mode, MODE)
             if pairs:
@@ -160,31 +172,42 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m rsd_pl replay", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder (or file) of the suite's training demos (LIBERO HDF5)")
-    parser.add_argument("--suite", required=True, help="the LIBERO suite, e.g. libero_object")
+    parser.add_argument("--suite", required=True,
+                        help="the LIBERO suite(s), e.g. libero_object or libero_object_lan,libero_object_swap")
     parser.add_argument("--tasks", default=None, help="task ids, e.g. 0-9 or 0,3 (default: every task)")
     parser.add_argument("--num_trials", type=int, default=10, help="benchmark init states 0..N-1 per task")
     parser.add_argument("--demo", type=int, default=0, help="which demo of each task's file to replay (demo order)")
     parser.add_argument("--out", required=True, help="output folder: episodes.jsonl, replay.md, replay.json")
-    parser.add_argument("--compare", default=None, help="an eval folder whose modes are paired with the replay")
+    parser.add_argument("--compare", nargs="+", default=[],
+                        help="eval folder(s) whose modes are paired with the replay, suite by suite")
     args = parser.parse_args(argv)
-    spec = suite_spec(args.suite)
-    tasks = list(range(spec.num_tasks)) if args.tasks is None else parse_index_list(args.tasks)
-    for task in tasks:
-        check_index(f"task id for {args.suite}", task, spec.num_tasks)
-        if not 1 <= args.num_trials <= (count := num_init_states(args.suite, task)):
-            raise RsdError(f"--num_trials {args.num_trials}: {args.suite} task {task} has {count} init states")
+    suites = [name.strip() for name in args.suite.split(",") if name.strip()]
+    specs = [suite_spec(name) for name in suites]
+    if not specs:
+        raise RsdError(f"--suite {args.suite!r}: name at least one suite")
+    tasks = list(range(specs[0].num_tasks)) if args.tasks is None else parse_index_list(args.tasks)
+    for spec in specs:
+        for task in tasks:
+            check_index(f"task id for {spec.name}", task, spec.num_tasks)
+            if not 1 <= args.num_trials <= (count := num_init_states(spec.name, task)):
+                raise RsdError(f"--num_trials {args.num_trials}: {spec.name} task {task} has {count} init states")
     if args.demo < 0:
         raise RsdError(f"--demo {args.demo}: a demo index is >= 0")
-    compare = Path(args.compare) if args.compare else None
-    if compare is not None and not (compare / "episodes.jsonl").is_file():
-        raise RsdError(f"--compare {compare}: no episodes.jsonl there")
+    compare = [Path(folder) for folder in args.compare]
+    for folder in compare:
+        if not (folder / "episodes.jsonl").is_file():
+            raise RsdError(f"--compare {folder}: no episodes.jsonl there")
     out = Path(args.out)
     with FolderLock(out, "replay"):
-        run(args.data, args.suite, tasks, list(range(args.num_trials)), out, args.demo)
-        result = summary(out, args.suite, compare)
-        text = markdown(result)
+        for suite in suites:
+            run(args.data, suite, tasks, list(range(args.num_trials)), out, args.demo)
+        logged = dict.fromkeys(r["suite"] for r in read_episodes(out) if r["mode"] == MODE)  # earlier runs' too
+        results = [summary(out, suite, compare) for suite in logged]
+        if compare and not any(r["compared_with"] for r in results):
+            raise RsdError(f"--compare {' '.join(args.compare)}: no episodes of {', '.join(logged)} to compare with")
+        text = "\n".join(markdown(result) for result in results)
         atomic_write(out / "replay.md", text)
-        atomic_write(out / "replay.json", json.dumps(result, indent=2))
+        atomic_write(out / "replay.json", json.dumps({"suites": results}, indent=2))
     print(text)
     print(f"wrote {out / 'replay.md'}, {out / 'replay.json'}")
     return 0

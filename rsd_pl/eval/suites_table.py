@@ -14,7 +14,8 @@ row like a mode's). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/
 - p50 chunk latency per suite and mode, and the speed of `speculative` against `ar_exit` measured in the
   same run (p50 latency ratio with its bootstrap 95% interval, episodes resampled in pairs);
 - per-task tables; the published OpenVLA-OFT row for reference (not measured here);
-- LIBERO-PRO: clean against perturbed success per perturbation, paired on the same task and trial.
+- LIBERO-PRO: clean against perturbed success per perturbation, paired on the same task and trial index (LIBERO-PRO
+  samples its own init states, so the placements differ; the blind replay's rows, where run, show their effect).
 
 Every figure is computed from the episode logs with the report's own functions (`rsd_pl.eval.report`,
 `rsd_pl.eval.stats`), so a suite's row equals its own `report.md`.
@@ -115,10 +116,12 @@ def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[
     """Clean against each LIBERO-PRO perturbation, per suite and mode, paired on the same task and trial."""
     rows = []
     for suite, clean_records in suites.items():
-        folder = root / suite / "pro"
+        folder, replay = root / suite / "pro", root / suite / "replay"
         if not (folder / "episodes.jsonl").is_file():
             continue
         perturbed = read_episodes(folder)
+        if (replay / "episodes.jsonl").is_file():  # the blind floor on the perturbed suites: placements alone
+            perturbed += [r for r in read_episodes(replay) if r["mode"] == "replay" and r["suite"] != suite]
         clean = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in clean_records}
         # The step's plan, read from its own log: every clean task on every trial that any perturbed run reached. A
         # row with fewer paired episodes is a run still under way, and says so.
@@ -189,9 +192,13 @@ def markdown(table: dict[str, Any]) -> str:
     if table["pro"]:
         lines += ["", "## LIBERO-PRO: clean against perturbed", "",
                   "The same model on LIBERO-PRO's perturbation of each suite, paired with the clean run on the same "
-                  "task and trial (Newcombe 95% interval, exact McNemar p). lan: paraphrased instruction; object: "
-                  "object appearance; swap: object positions swapped; task: another task in the scene. A row "
-                  "marked partial has not yet run every task on the trials the step runs.", "",
+                  "task and trial index (Newcombe 95% interval, exact McNemar p). lan: paraphrased instruction; "
+                  "object: object appearance; swap: object positions swapped; task: another task in the scene. "
+                  "LIBERO-PRO ships its own init states, so trial k of a perturbed suite places the objects anew "
+                  "(1.5-3 cm from clean trial k for lan and object): a difference mixes the perturbation with new "
+                  "placements. The `replay` rows (the blind floor, which ignores the instruction) show what the new "
+                  "placements alone do to a policy that does not look. A row marked partial has not yet run every "
+                  "task on the trials the step runs.", "",
                   "| suite | perturbation | mode | clean | perturbed | difference |", "|---|---|---|---|---|---|"]
         for row in table["pro"]:
             done, planned = row["perturbed"]["trials"], row["planned"]
