@@ -7,7 +7,8 @@
 #      well: 500 episodes each, so each pair of them is compared on the same 500 episodes (LONG_MODES to change);
 #      then the blind floor on all 50 init states: one demo per task replayed open loop (`rsd_pl replay`)
 #   3. LIBERO-PRO: the language, object and position-swap perturbations of the suite, trials 0-9, every mode, and the
-#      blind replay on them (LIBERO-PRO places the objects anew: the replay shows what that alone does)
+#      blind replay on them (LIBERO-PRO places the objects anew: the replay shows what that alone does); and
+#      `<suite>_paraphrase`, LIBERO-PRO's words at the clean init states (the wording alone)
 # and finally `python -m rsd_pl suites-table` over every suite done so far.
 #   bash scripts/four_suites.sh                                  # all four suites, one after the other
 #   bash scripts/four_suites.sh libero_object                   # one suite
@@ -20,7 +21,7 @@
 # `--smoke` (first argument): task 0, 2 demos at 32 px, a few training steps, 1-2 trials of 24 steps with one env,
 # no LIBERO-PRO step, into $FOUR_SUITES_ROOT (default runs/four-suites-smoke): what CI runs so this script keeps working.
 set -euo pipefail
-collect_extra=() fit_extra=() eval_extra=() replay_extra=() pro_suffixes=(lan object swap)
+collect_extra=() fit_extra=() eval_extra=() replay_extra=() pro_suffixes=(lan paraphrase object swap)
 trials=${TRIALS:-10} full_trials=${FULL_TRIALS:-50} demos=${DEMOS:-20} num_envs=${NUM_ENVS:-2}
 long_modes=${LONG_MODES:-l1,ar,ar_exit}
 if [[ "${1:-}" == "--smoke" ]]; then
@@ -81,8 +82,11 @@ for suite in "${suites[@]}"; do
     pro=$(printf "${suite}_%s," "${pro_suffixes[@]}")
     banner "eval $suite on LIBERO-PRO (${pro%,}): every mode on trials 0-$((trials - 1))"
     evaluate "$runs/pro" "[${pro%,}]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
-    banner "replay $suite on LIBERO-PRO: the blind floor at the perturbed suites' own placements, trials 0-$((trials - 1))"
-    $PY -m rsd_pl replay --data "$data" --suite "${pro%,}" --num_trials "$trials" --out "$runs/replay" \
+    # the blind replay ignores the words, so on `_paraphrase` (the clean init states) it is the clean replay: not run
+    pro_replay=""
+    for p in "${pro_suffixes[@]}"; do [[ $p == paraphrase ]] || pro_replay+="${suite}_$p,"; done
+    banner "replay $suite on LIBERO-PRO (${pro_replay%,}): the blind floor at their own placements, trials 0-$((trials - 1))"
+    $PY -m rsd_pl replay --data "$data" --suite "${pro_replay%,}" --num_trials "$trials" --out "$runs/replay" \
       --compare "$runs/eval" "$runs/pro" "${replay_extra[@]}"
   fi
 done

@@ -8,7 +8,7 @@ import json
 import pytest
 from test_eval_loop import _cfg, _tiny_registry
 
-from rsd_pl.envs.suites import PRO_PERTURBATIONS, SUITES, suite_spec
+from rsd_pl.envs.suites import PARAPHRASE, PRO_PERTURBATIONS, SUITES, suite_spec
 from rsd_pl.eval.episodes import episode_list
 from rsd_pl.eval.report import EPISODES_FILE
 
@@ -19,7 +19,10 @@ def test_each_benchmark_suite_has_its_four_perturbations_with_its_max_steps(tmp_
             spec = suite_spec(f"{base}_{perturbation}")
             assert (spec.base, spec.perturbation, spec.num_tasks) == (base, perturbation, 10)
             assert spec.max_steps == SUITES[base].max_steps
-    assert len([s for s in SUITES.values() if s.base]) == 16
+            assert spec.libero == spec.name  # its own scene and init states
+        paraphrase = suite_spec(f"{base}_{PARAPHRASE}")
+        assert (paraphrase.base, paraphrase.libero, paraphrase.max_steps) == (base, base, SUITES[base].max_steps)
+    assert len([s for s in SUITES.values() if s.base]) == 20
     items = episode_list(_cfg(tmp_path, suites=["libero_10_swap"], tasks="3", max_steps=None))
     assert [(i["suite"], i["max_steps"]) for i in items] == [("libero_10_swap", 520)]
 
@@ -53,6 +56,32 @@ def test_libero_pro_places_the_objects_anew_so_a_trial_is_not_the_clean_trial():
 
 
 @pytest.mark.libero
+def test_the_paraphrase_suite_is_the_clean_scene_and_init_states_with_the_lan_words():
+    """`<suite>_paraphrase`: LIBERO-PRO's `_lan` BDDL differs from the clean one in its language line only (read
+    here for every task of libero_spatial), so the clean scene and init states with `_lan`'s words is the wording
+    alone."""
+    import numpy as np
+
+    from rsd_pl.envs.libero import LiberoEnv, num_init_states, task_info
+
+    for task in range(10):
+        clean, lan = task_info("libero_spatial", task), task_info("libero_spatial_lan", task)
+        changed = [pair for pair in zip(open(clean.bddl_file).read().splitlines(),
+                                        open(lan.bddl_file).read().splitlines(), strict=True) if pair[0] != pair[1]]
+        assert len(changed) == 1 and changed[0][0].strip().startswith("(:language"), changed
+        paraphrase = task_info("libero_spatial_paraphrase", task)
+        assert (paraphrase.bddl_file, paraphrase.goal) == (clean.bddl_file, clean.goal)
+        assert paraphrase.instruction == lan.instruction != clean.instruction
+    assert num_init_states("libero_spatial_paraphrase", 0) == 50
+    with LiberoEnv("libero_spatial_paraphrase", 0, camera_size=None) as env, \
+            LiberoEnv("libero_spatial", 0, camera_size=None) as base:
+        np.testing.assert_array_equal(np.stack(env.init_states), np.stack(base.init_states))
+        assert env.instruction == task_info("libero_spatial_lan", 0).instruction
+        first, second = env.reset(init_state_index=3), base.reset(init_state_index=3)
+        np.testing.assert_allclose(first["robot0_eef_pos"], second["robot0_eef_pos"])
+
+
+@pytest.mark.libero
 def test_eval_runs_libero_pro_suites_for_a_few_steps(tmp_path, capsys):
     """The real command on a language and an object perturbation: 1 episode x 4 steps each, logged under the
     perturbed suite with its instruction; an unknown suite (LIBERO-PRO's `_env`, whose files are not installed)
@@ -71,12 +100,17 @@ def test_eval_runs_libero_pro_suites_for_a_few_steps(tmp_path, capsys):
     assert "unknown LIBERO suite 'libero_spatial_env'" in error and "libero_spatial_lan" in error
     assert not (out / EPISODES_FILE).exists()
 
-    assert cli(["eval", "--suites", "[libero_spatial_lan, libero_object_object]", "--out", str(out), *common]) == 0
+    assert cli(["eval", "--suites", "[libero_spatial_lan, libero_object_object, libero_object_paraphrase]",
+                "--out", str(out), *common]) == 0
     records = [json.loads(line) for line in (out / EPISODES_FILE).read_text().splitlines()]
-    assert sorted(r["suite"] for r in records) == ["libero_object_object", "libero_spatial_lan"]
+    assert sorted(r["suite"] for r in records) == ["libero_object_object", "libero_object_paraphrase",
+                                                   "libero_spatial_lan"]
+    assert next(r for r in records if r["suite"] == "libero_object_paraphrase")["instruction"] == task_info(
+        "libero_object_lan", 0).instruction
     assert all(r["status"] == "timeout" and r["steps"] == 4 for r in records)
     lan = next(r for r in records if r["suite"] == "libero_spatial_lan")
     paraphrase, clean = task_info("libero_spatial_lan", 0).instruction, task_info("libero_spatial", 0).instruction
     assert lan["instruction"] == paraphrase != clean
     info = json.loads((out / "eval_info.json").read_text())
-    assert sorted(t["task_group"] for t in info["per_task"]) == ["libero_object_object", "libero_spatial_lan"]
+    assert sorted(t["task_group"] for t in info["per_task"]) == ["libero_object_object", "libero_object_paraphrase",
+                                                                 "libero_spatial_lan"]

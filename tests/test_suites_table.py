@@ -150,3 +150,12 @@ def test_the_blind_replay_on_a_libero_pro_suite_is_a_row_of_its_comparison(root)
     assert row["clean"]["successes"] == len(clean) and row["perturbed"]["successes"] == len(clean) - lost > 0
     assert row["vs_clean"]["reference_only"] == lost and row["planned"] == len(clean)
     assert "| libero_spatial | lan | replay |" in suites_table.markdown(table)
+
+
+def test_the_paraphrase_at_the_clean_init_states_is_a_perturbation_of_its_own(root):
+    folder, records, pro = root
+    words = [{**r, "suite": "libero_spatial_paraphrase"} for r in pro if r["mode"] == "l1"]
+    _write(folder / "libero_spatial" / "pro", pro + words)
+    rows = {(r["perturbation"], r["mode"]): r for r in suites_table.build(folder)["pro"]}
+    assert rows["paraphrase", "l1"]["perturbed"] == rows["lan", "l1"]["perturbed"]  # the same outcomes were written
+    assert ("paraphrase", "ar") not in rows

@@ -7,6 +7,7 @@ cheap. Rendering uses `MUJOCO_GL=egl` (CPU Mesa) unless the caller set something
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from rsd_pl.data.obs import preprocess_images, proprio_from_raw, quat_to_axis_angle
-from rsd_pl.envs.suites import WAIT_ACTION, WAIT_STEPS, check_index, suite_spec
+from rsd_pl.envs.suites import PARAPHRASE, WAIT_ACTION, WAIT_STEPS, check_index, suite_spec
 from rsd_pl.errors import RsdError
 
 # our camera name -> (robosuite camera, HDF5 obs key as in the official datasets)
@@ -87,6 +88,9 @@ def task_info(suite: str, task_id: int) -> TaskInfo:
         path = os.path.join(get_libero_path("bddl_files"), relpath)
         return task, relpath, path, robosuite_parse_problem(path)
 
+    if spec.perturbation == PARAPHRASE:  # the clean task, with the words of LIBERO-PRO's `_lan` (suites.PARAPHRASE)
+        clean = task_info(spec.base, task_id)
+        return dataclasses.replace(clean, suite=suite, instruction=task_info(f"{spec.base}_lan", task_id).instruction)
     task, relpath, bddl_file, problem = parsed(suite)
     instruction = task.language  # the benchmark's instruction, as OpenVLA-OFT's evaluation gives it
     if spec.base is not None:
@@ -110,7 +114,7 @@ def num_init_states(suite: str, task_id: int) -> int:
     spec = suite_spec(suite)
     check_index(f"task id for {suite}", task_id, spec.num_tasks)
     ensure_mujoco_gl()
-    return len(_benchmark(suite).get_task_init_states(task_id))
+    return len(_benchmark(spec.libero).get_task_init_states(task_id))
 
 
 @contextlib.contextmanager
@@ -182,7 +186,7 @@ class LiberoEnv:
         self.info = info = task_info(suite, task_id)
         self.suite, self.task_id, self.max_steps = suite, task_id, spec.max_steps
         self.task_name, self.instruction, self.bddl_file = info.name, info.instruction, info.bddl_file
-        self.init_states = _benchmark(suite).get_task_init_states(task_id)  # (num_init_states, S)
+        self.init_states = _benchmark(spec.libero).get_task_init_states(task_id)  # (num_init_states, S)
         self.cameras = tuple(cameras) if camera_size is not None else ()
         self.camera_size = camera_size
         kwargs = env_kwargs(camera_size, self.cameras)

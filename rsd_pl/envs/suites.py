@@ -20,7 +20,12 @@ class SuiteSpec:
     max_steps: int  # policy steps per episode, not counting the WAIT_STEPS
     num_tasks: int
     base: str | None = None          # LIBERO-PRO: the benchmark suite it perturbs
-    perturbation: str | None = None  # LIBERO-PRO: "lan", "object", "swap" or "task"
+    perturbation: str | None = None  # LIBERO-PRO: "lan", "object", "swap" or "task"; or "paraphrase" (below)
+
+    @property
+    def libero(self) -> str:
+        """The LIBERO benchmark whose scene (BDDL) and init states the suite runs."""
+        return self.base if self.perturbation == PARAPHRASE else self.name
 
 
 _BENCHMARK = (SuiteSpec("libero_spatial", 220, 10), SuiteSpec("libero_object", 280, 10),
@@ -32,6 +37,12 @@ PRO_PERTURBATIONS = {"lan": "language (paraphrased instruction)", "object": "obj
 benchmark suites (10 tasks x 50 init states each). Its `_env`, `_temp` and `*_ood` suites are listed by LIBERO's
 benchmark too, but without init-state files, so they are not offered (an unknown suite is an error)."""
 
+PARAPHRASE = "paraphrase"
+"""`<suite>_paraphrase`: the benchmark suite itself (its scene and its 50 init states) with LIBERO-PRO's paraphrased
+instruction (that of `<suite>_lan`). LIBERO-PRO's `_lan` BDDL differs from the base's only in its language line, but
+it ships its own init states, which move the objects by 1.5-3 cm; so `_lan` against clean mixes the wording with new
+placements, while `_paraphrase` trial k is clean trial k with only the words changed."""
+
 SUITES: dict[str, SuiteSpec] = {
     spec.name: spec
     for spec in (
@@ -39,6 +50,8 @@ SUITES: dict[str, SuiteSpec] = {
         SuiteSpec("libero_90", 400, 90),
         *(SuiteSpec(f"{base.name}_{p}", base.max_steps, base.num_tasks, base.name, p)
           for base in _BENCHMARK for p in PRO_PERTURBATIONS),
+        *(SuiteSpec(f"{base.name}_{PARAPHRASE}", base.max_steps, base.num_tasks, base.name, PARAPHRASE)
+          for base in _BENCHMARK),
     )
 }
 

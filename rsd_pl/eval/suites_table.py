@@ -40,7 +40,7 @@ SUITE_ORDER = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 OFT_PUBLISHED = {"libero_spatial": 97.6, "libero_object": 98.4, "libero_goal": 97.9, "libero_10": 94.5,
                  "average": 97.1}
 """OpenVLA-OFT's published success (%), 500 episodes per suite (Kim et al. 2025, Table I): for reference only."""
-PERTURBATIONS = ("lan", "object", "swap", "task")
+PERTURBATIONS = ("lan", "paraphrase", "object", "swap", "task")
 REPLAY_NOTE = (" `replay`: the blind floor, one training demo per task replayed open loop from the same init states "
                "without looking (`python -m rsd_pl replay`).")
 
@@ -196,9 +196,10 @@ def markdown(table: dict[str, Any]) -> str:
                   "object: object appearance; swap: object positions swapped; task: another task in the scene. "
                   "LIBERO-PRO ships its own init states, so trial k of a perturbed suite places the objects anew "
                   "(1.5-3 cm from clean trial k for lan and object): a difference mixes the perturbation with new "
-                  "placements. The `replay` rows (the blind floor, which ignores the instruction) show what the new "
-                  "placements alone do to a policy that does not look. A row marked partial has not yet run every "
-                  "task on the trials the step runs.", "",
+                  "placements. paraphrase: lan's words in the clean scene at the clean init states, so trial k is "
+                  "clean trial k with only the words changed. The `replay` rows (the blind floor, which ignores the "
+                  "instruction) show what the new placements alone do to a policy that does not look. A row marked "
+                  "partial has not yet run every task on the trials the step runs.", "",
                   "| suite | perturbation | mode | clean | perturbed | difference |", "|---|---|---|---|---|---|"]
         for row in table["pro"]:
             done, planned = row["perturbed"]["trials"], row["planned"]
