@@ -19,7 +19,7 @@
 # runs/four_suites/suites.{md,json,png}. Env: NUM_ENVS (2), DEMOS (per task, 20), FULL_TRIALS (50), TRIALS (10),
 # LONG_MODES (l1,ar,ar_exit).
 # `--smoke` (first argument): task 0, 2 demos at 32 px, a few training steps, 1-2 trials of 24 steps with one env,
-# no LIBERO-PRO step, into $FOUR_SUITES_ROOT (default runs/four-suites-smoke): what CI runs so this script keeps working.
+# LIBERO-PRO's `_lan` and `_paraphrase` only, into $FOUR_SUITES_ROOT (default runs/four-suites-smoke): what CI runs so this script keeps working.
 set -euo pipefail
 collect_extra=() fit_extra=() eval_extra=() replay_extra=() pro_suffixes=(lan paraphrase object swap)
 trials=${TRIALS:-10} full_trials=${FULL_TRIALS:-50} demos=${DEMOS:-20} num_envs=${NUM_ENVS:-2}
@@ -32,7 +32,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
              --trainer.check_val_every_n_epoch 1 --trainer.enable_progress_bar false)
   eval_extra=(--tasks 0 --max_steps 24 --camera_size null)  # null: the demos' 32 px
   replay_extra=(--tasks 0)
-  trials=1 full_trials=2 demos=2 num_envs=1 pro_suffixes=()  # eval on LIBERO-PRO: tests/test_libero_pro.py
+  trials=1 full_trials=2 demos=2 num_envs=1 pro_suffixes=(lan paraphrase)
 fi
 suites=("$@")
 [[ ${#suites[@]} -gt 0 ]] || suites=(libero_spatial libero_object libero_goal libero_10)

@@ -1,6 +1,6 @@
 """scripts/four_suites.sh --smoke: the four-suite protocol shrunken (task 0, two demos from sampled placements, a few
-training steps, 1-2 short trials, the blind replay on trials 0-1, no LIBERO-PRO step) on real LIBERO, through the same
-script and configs, ending in the suites table."""
+training steps, 1-2 short trials, the blind replay on trials 0-1, LIBERO-PRO's `_lan` and rsd_pl's `_paraphrase` on
+trial 0 and the replay on `_lan`) on real LIBERO, through the same script and configs, ending in the suites table."""
 
 from __future__ import annotations
 
@@ -29,9 +29,15 @@ def test_four_suites_smoke_one_suite(tmp_path):
     by_mode = {m: sorted(r["trial"] for r in records if r["mode"] == m) for m in {r["mode"] for r in records}}
     assert by_mode == {"l1": [0, 1], "ar": [0, 1], "ar_exit": [0, 1], "parallel": [0], "speculative": [0]}
     replay = [json.loads(line) for line in (runs / "replay" / "episodes.jsonl").read_text().splitlines()]
-    assert [(r["task_id"], r["trial"], r["mode"]) for r in replay] == [(0, 0, "replay"), (0, 1, "replay")]
-    assert "| l1 | 2 | " in (runs / "replay" / "replay.md").read_text()  # paired with the eval's trials 0-1
-    assert not (runs / "pro").exists()  # the smoke leaves LIBERO-PRO out (tests/test_libero_pro.py runs it)
+    assert [(r["suite"], r["trial"]) for r in replay if r["mode"] == "replay" and r["task_id"] == 0] == [
+        ("libero_spatial", 0), ("libero_spatial", 1), ("libero_spatial_lan", 0)]  # no replay of the paraphrase
+    replay_md = (runs / "replay" / "replay.md").read_text()
+    assert "| l1 | 2 | " in replay_md and "# Blind replay floor: libero_spatial_lan" in replay_md
+    pro = [json.loads(line) for line in (runs / "pro" / "episodes.jsonl").read_text().splitlines()]
+    assert sorted({(r["suite"], r["mode"]) for r in pro}) == sorted(
+        (suite, mode) for suite in ("libero_spatial_lan", "libero_spatial_paraphrase")
+        for mode in ("l1", "parallel", "ar", "ar_exit", "speculative"))
     table = (tmp_path / "runs" / "suites.md").read_text()
     assert "| l1 | " in table and "| replay | " in table and "| OpenVLA-OFT (published) | 97.6 | 97.1 |" in table
+    assert "| libero_spatial | paraphrase | l1 |" in table and "| libero_spatial | lan | replay |" in table
     assert (tmp_path / "runs" / "suites.png").is_file()
