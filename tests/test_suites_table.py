@@ -99,6 +99,8 @@ def test_a_libero_pro_perturbation_still_under_way_is_marked_partial(root):
     lines = suites_table.markdown(table).splitlines()
     assert any(f"| libero_spatial | object (partial: {done} of {planned}) | ar |" in line for line in lines)
     assert not any("| lan (partial" in line for line in lines)
+    suites_table.write(folder)
+    assert (folder / "suites_pro.png").stat().st_size > 10_000 and "(suites_pro.png)" in (folder / "suites.md").read_text()
 
 
 def test_bad_run_folders_are_refused(tmp_path):

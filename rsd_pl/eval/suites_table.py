@@ -3,7 +3,7 @@
 Reads `<root>/<suite>/eval/episodes.jsonl` (written by `eval`, one folder per suite, e.g. by
 `scripts/four_suites.sh`) and, where present, `<root>/<suite>/pro/episodes.jsonl` (the same model on
 LIBERO-PRO's perturbed suites) and `<root>/<suite>/replay/episodes.jsonl` (the blind floor of `rsd_pl replay`, a
-row like a mode's). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/suites.png`:
+row like a mode's). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/suites.png` (and `suites_pro.png`):
 
 - success per suite and mode (successes / trials, Wilson 95% interval) and the average over the suites
   (the mean of the suites' rates, as the papers average; its interval is the Wilson interval of the pooled
@@ -216,6 +216,8 @@ def markdown(table: dict[str, Any]) -> str:
             cells = [f"{row[m]['successes']}/{row[m]['trials']}" if m in row else "-" for m in modes]
             lines.append(f"| {task_id} {row['name'].replace('_', ' ')} | " + " | ".join(cells) + " |")
     lines += ["", "![success per suite and mode](suites.png)"]
+    if table["pro"]:
+        lines += ["", "![LIBERO-PRO: clean against perturbed](suites_pro.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -250,9 +252,48 @@ def figure(table: dict[str, Any]):
     return fig
 
 
+def pro_figure(table: dict[str, Any]):
+    """LIBERO-PRO: one panel per suite; per perturbation and mode, the clean success (hollow) joined to the perturbed
+    one (filled, Wilson bar) on the same paired episodes."""
+    from matplotlib.figure import Figure
+
+    suites = list(dict.fromkeys(row["suite"] for row in table["pro"]))
+    modes = [m for m in table["modes"] if any(row["mode"] == m for row in table["pro"])]
+    fig = Figure(figsize=(2.0 + 3.4 * len(suites), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(suites), squeeze=False, sharey=True)[0]
+    width = 0.8 / max(len(modes), 1)
+    for ax, suite in zip(axes, suites, strict=True):
+        rows = [row for row in table["pro"] if row["suite"] == suite]
+        perturbations = [p for p in PERTURBATIONS if any(row["perturbation"] == p for row in rows)]
+        for row in rows:
+            i, j = perturbations.index(row["perturbation"]), modes.index(row["mode"])
+            x = i - 0.4 + width * (j + 0.5)
+            clean, perturbed = 100 * row["clean"]["rate"], 100 * row["perturbed"]["rate"]
+            low, high = 100 * row["perturbed"]["ci"][0], 100 * row["perturbed"]["ci"][1]
+            color = mode_color(row["mode"])
+            ax.plot([x, x], [clean, perturbed], color=color, alpha=0.5, linewidth=1)
+            ax.plot([x], [clean], "o", mfc="none", color=color)
+            ax.errorbar([x], [perturbed], yerr=[[max(perturbed - low, 0)], [max(high - perturbed, 0)]], fmt="o",
+                        capsize=2, color=color, label=row["mode"] if i == 0 else None)
+        ax.set_xticks(range(len(perturbations)), perturbations)
+        ax.set_title(suite, fontsize=10)
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("success (%): clean (hollow) -> perturbed")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("LIBERO-PRO: clean against perturbed, same task and trial index", fontsize=11)
+    return fig
+
+
 def write(root: Path) -> Path:
+    """suites.md/.json/.png, and suites_pro.png where a suite ran LIBERO-PRO."""
+    from rsd_pl.eval.benchmark_table import DPI
+
     table = build(root)
-    return save_table(root / "suites.md", markdown(table), table, figure(table))
+    out = save_table(root / "suites.md", markdown(table), table, figure(table))
+    if table["pro"]:
+        pro_figure(table).savefig(root / "suites_pro.png", dpi=DPI)
+    return out
 
 
 def main(argv: list[str]) -> int:
