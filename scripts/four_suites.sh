@@ -83,11 +83,14 @@ for suite in "${suites[@]}"; do
     banner "eval $suite on LIBERO-PRO (${pro%,}): every mode on trials 0-$((trials - 1))"
     evaluate "$runs/pro" "[${pro%,}]" "[l1,parallel,ar,ar_exit,speculative]" "$trials"
     # the blind replay ignores the words, so on `_paraphrase` (the clean init states) it is the clean replay: not run
-    pro_replay=""
+    pro_replay="" compare=("$runs/pro")
     for p in "${pro_suffixes[@]}"; do [[ $p == paraphrase ]] || pro_replay+="${suite}_$p,"; done
-    banner "replay $suite on LIBERO-PRO (${pro_replay%,}): the blind floor at their own placements, trials 0-$((trials - 1))"
-    $PY -m rsd_pl replay --data "$data" --suite "${pro_replay%,}" --num_trials "$trials" --out "$runs/replay" \
-      --compare "$runs/eval" "$runs/pro" "${replay_extra[@]}"
+    if [[ -f $runs/eval/episodes.jsonl ]]; then compare+=("$runs/eval"); fi
+    if [[ -n $pro_replay ]]; then
+      banner "replay $suite on LIBERO-PRO (${pro_replay%,}): the blind floor at their own placements, trials 0-$((trials - 1))"
+      $PY -m rsd_pl replay --data "$data" --suite "${pro_replay%,}" --num_trials "$trials" --out "$runs/replay" \
+        --compare "${compare[@]}" "${replay_extra[@]}"
+    fi
   fi
 done
 if step table; then

@@ -40,4 +40,5 @@ def test_four_suites_smoke_one_suite(tmp_path):
     table = (tmp_path / "runs" / "suites.md").read_text()
     assert "| l1 | " in table and "| replay | " in table and "| OpenVLA-OFT (published) | 97.6 | 97.1 |" in table
     assert "| libero_spatial | paraphrase | l1 |" in table and "| libero_spatial | lan | replay |" in table
+    assert (tmp_path / "runs" / "suites_pro.png").is_file()
     assert (tmp_path / "runs" / "suites.png").is_file()

@@ -65,6 +65,60 @@ def test_summary_pairs_each_mode_with_the_replay_on_the_same_episodes(tmp_path):
     assert summary(out, "libero_object", [other])["compared_with"] is None
 
 
+def test_several_suites_read_their_demos_once_before_any_episode_and_summarise_suite_by_suite(tmp_path, monkeypatch):
+    """`main` without LIBERO (the episode runner and the demo reader stubbed): LIBERO-PRO suites share their base
+    suite's demos, read once and before any episode; a missing demo stops the command before any episode; the
+    summary has one section per suite of the log, each paired with the compared folders that ran it."""
+    import rsd_pl.envs
+    import rsd_pl.eval.replay as replay
+
+    reads, runs = [], []
+
+    def demos(data, suite, tasks, demo):
+        reads.append(suite)
+        if suite.startswith("libero_spatial"):
+            raise RsdError(f"{data}: no demo file for libero_spatial task(s) {tasks}")
+        return {t: (f"f.hdf5:data/demo_{demo}", np.zeros((3, 7))) for t in tasks}
+
+    def episodes(sources, suite, trials, out):
+        runs.append(suite)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "episodes.jsonl", "a") as f:
+            f.writelines(_line(t, i, "replay", t == 0).replace("libero_object", suite) + "\n"
+                         for t in sorted(sources) for i in trials)
+
+    monkeypatch.setattr(replay, "demo_actions", demos)
+    monkeypatch.setattr(replay, "run", episodes)
+    monkeypatch.setattr(rsd_pl.envs, "num_init_states", lambda suite, task: 50)
+    out, clean, pro = tmp_path / "replay", tmp_path / "eval", tmp_path / "pro"
+    clean.mkdir(), pro.mkdir()
+    (clean / "episodes.jsonl").write_text(_line(0, 0, "l1", False) + "\n" + _line(1, 0, "l1", True) + "\n")
+    lan = _line(0, 0, "ar", True).replace("libero_object", "libero_object_lan")
+    (pro / "episodes.jsonl").write_text(lan + "\n")
+    common = ["--data", "d", "--tasks", "0,1", "--num_trials", "1", "--out", str(out)]
+
+    with pytest.raises(RsdError, match="no demo file for libero_spatial"):
+        replay.main(["--suite", "libero_object_lan,libero_spatial_swap", *common])
+    assert reads == ["libero_object_lan", "libero_spatial_swap"] and runs == []  # stopped before any episode
+    with pytest.raises(RsdError, match="no episodes of libero_object_swap to compare with"):
+        replay.main(["--suite", "libero_object_swap", "--compare", str(pro), *common])
+    assert runs == []
+    assert replay.main(["--suite", "libero_object_swap", *common]) == 0  # alone: no comparison asked
+
+    reads.clear()
+    assert replay.main(["--suite", "libero_object,libero_object_lan", "--compare", str(clean), str(pro), str(pro),
+                        *common]) == 0
+    assert reads == ["libero_object"] and runs == ["libero_object_swap", "libero_object", "libero_object_lan"]
+    sections = {r["suite"]: r for r in json.loads((out / "replay.json").read_text())["suites"]}
+    assert list(sections) == ["libero_object_swap", "libero_object", "libero_object_lan"]  # the log's order
+    assert sections["libero_object_swap"]["compared_with"] is None
+    assert sections["libero_object"]["compared_with"] == str(clean)
+    assert sections["libero_object"]["modes"]["l1"]["episodes"] == 2
+    assert sections["libero_object_lan"]["compared_with"] == str(pro)
+    assert sections["libero_object_lan"]["modes"]["ar"]["episodes"] == 1  # the folder given twice counts once
+    assert "# Blind replay floor: libero_object_lan" in (out / "replay.md").read_text()
+
+
 @pytest.mark.libero
 def test_a_collected_demo_replayed_from_its_own_init_state_succeeds_and_a_rerun_resumes(tmp_path, capsys):
     from rsd_pl.collect import main as collect

@@ -100,7 +100,8 @@ def test_a_libero_pro_perturbation_still_under_way_is_marked_partial(root):
     assert any(f"| libero_spatial | object (partial: {done} of {planned}) | ar |" in line for line in lines)
     assert not any("| lan (partial" in line for line in lines)
     suites_table.write(folder)
-    assert (folder / "suites_pro.png").stat().st_size > 10_000 and "(suites_pro.png)" in (folder / "suites.md").read_text()
+    assert (folder / "suites_pro.png").stat().st_size > 10_000
+    assert "(suites_pro.png)" in (folder / "suites.md").read_text()
 
 
 def test_bad_run_folders_are_refused(tmp_path):
@@ -134,9 +135,11 @@ def test_the_blind_replay_floor_is_a_row_paired_on_the_same_episodes(root):
 
 
 def test_the_blind_replay_on_a_libero_pro_suite_is_a_row_of_its_comparison(root):
-    """The replay on libero_spatial and libero_spatial_lan (new placements: it loses task 0) pairs like a mode."""
+    """The replay on libero_spatial and libero_spatial_lan (new placements: it loses task 0) pairs like a mode. It
+    ran trials 0-7 where the evaluation ran 0-3: each step's plan is its own, so neither is partial."""
     folder, records, _ = root
-    clean = [r for r in records if r["suite"] == "libero_spatial" and r["mode"] == "l1" and r["trial"] < 4]
+    clean = [r for r in records if r["suite"] == "libero_spatial" and r["mode"] == "l1"]
+    assert {r["trial"] for r in clean} == set(range(8))
 
     def replay(suite, lost_task):
         return [{"suite": suite, "task_id": r["task_id"], "trial": r["trial"], "mode": "replay",
@@ -151,13 +154,24 @@ def test_the_blind_replay_on_a_libero_pro_suite_is_a_row_of_its_comparison(root)
     lost = sum(1 for r in clean if r["task_id"] == 0)
     assert row["clean"]["successes"] == len(clean) and row["perturbed"]["successes"] == len(clean) - lost > 0
     assert row["vs_clean"]["reference_only"] == lost and row["planned"] == len(clean)
+    rows = {(r["perturbation"], r["mode"]): r for r in table["pro"]}
+    assert rows["lan", "l1"]["planned"] == rows["lan", "l1"]["perturbed"]["trials"] < len(clean)
     assert "| libero_spatial | lan | replay |" in suites_table.markdown(table)
 
 
 def test_the_paraphrase_at_the_clean_init_states_is_a_perturbation_of_its_own(root):
+    """`_paraphrase` (l1 only here, every episode a success) is paired with clean like LIBERO-PRO's own, and listed
+    right after `_lan`, whose control it is."""
     folder, records, pro = root
-    words = [{**r, "suite": "libero_spatial_paraphrase"} for r in pro if r["mode"] == "l1"]
+    words = [{**r, "suite": "libero_spatial_paraphrase", "status": "success", "success": True}
+             for r in pro if r["mode"] == "l1"]
     _write(folder / "libero_spatial" / "pro", pro + words)
-    rows = {(r["perturbation"], r["mode"]): r for r in suites_table.build(folder)["pro"]}
-    assert rows["paraphrase", "l1"]["perturbed"] == rows["lan", "l1"]["perturbed"]  # the same outcomes were written
+    table = suites_table.build(folder)
+    rows = {(r["perturbation"], r["mode"]): r for r in table["pro"]}
+    row = rows["paraphrase", "l1"]
+    assert row["perturbed"]["successes"] == row["perturbed"]["trials"] == row["planned"] == len(words)
+    assert row["clean"]["successes"] < len(words)
+    assert row["vs_clean"]["difference"] == pytest.approx(1 - row["clean"]["successes"] / len(words))
     assert ("paraphrase", "ar") not in rows
+    text = suites_table.markdown(table)
+    assert text.index("| libero_spatial | lan | ar |") < text.index("| libero_spatial | paraphrase | l1 |")

@@ -12,8 +12,9 @@ section per suite in the folder's log.
 
 `--suite` takes several suites, e.g. a benchmark suite and its LIBERO-PRO perturbations: a perturbed suite's task k
 replays the demo of its base suite's task k (LIBERO-PRO keeps the task order; its `_lan` instructions are paraphrases,
-so the demo is matched by the base suite's instruction). The blind floor under a perturbation shows what the
-perturbation asks of a policy that does not look: nothing for a paraphrase, everything for swapped positions.
+so the demo is matched by the base suite's instruction). LIBERO-PRO ships its own init states, which place the
+objects anew (1.5-3 cm from the clean trial of the same index for `_lan` and `_object`), so the blind floor under a
+perturbation shows what its new placements alone do to a policy that does not look.
 
   python -m rsd_pl replay --data data/four_suites/libero_object --suite libero_object --num_trials 10 \\
       --out runs/four_suites/libero_object/replay --compare runs/four_suites/libero_object/eval
@@ -91,12 +92,13 @@ def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> d
     return found
 
 
-def run(data: str | Path, suite: str, tasks: list[int], trials: list[int], out: Path, demo: int = 0) -> None:
-    """Replay each task's demo from each trial's init state; episodes already in `<out>/episodes.jsonl` are kept."""
+def run(sources: dict[int, tuple[str, np.ndarray]], suite: str, trials: list[int], out: Path) -> None:
+    """Replay each task's demo (`sources`, from `demo_actions`) from each trial's init state; episodes already in
+    `<out>/episodes.jsonl` are kept."""
     from rsd_pl.envs.libero import LiberoEnv
     from rsd_pl.eval.runner import new_run_id, run_episode
 
-    sources = demo_actions(data, suite, tasks, demo)
+    tasks = sorted(sources)
     done = {episode_key(r) for r in read_episodes(out) if r["status"] != "error"}
     todo = [(t, i) for t in tasks for i in trials if (suite, t, i, MODE) not in done]
     print(f"replay: {len(done)} episodes already in {out}, {len(todo)} to run")
@@ -132,7 +134,8 @@ def summary(out: Path, suite: str, compare: Path | list[Path] | None) -> dict[st
                               "interval": wilson_interval(sum(wins), len(wins)), "per_task": per_task,
                               "compared_with": None, "modes": {}}
     logs = {str(f): [r for r in read_episodes(f) if r["suite"] == suite and r["mode"] != MODE] for f in folders}
-    others = [r for log in logs.values() for r in log]
+    # an episode in two compared folders counts once (the first folder's)
+    others = list({episode_key(r): r for log in reversed(logs.values()) for r in log}.values())
     if others:  # a suite the compared evaluations never ran is summarised alone
         result["compared_with"] = ", ".join(folder for folder, log in logs.items() if log)
         for mode in sorted({r["mode"] for r in others}):
@@ -197,14 +200,18 @@ def main(argv: list[str]) -> int:
     for folder in compare:
         if not (folder / "episodes.jsonl").is_file():
             raise RsdError(f"--compare {folder}: no episodes.jsonl there")
+    if compare and not any(r["suite"] in suites for folder in compare for r in read_episodes(folder)):
+        raise RsdError(f"--compare {' '.join(args.compare)}: no episodes of {', '.join(suites)} to compare with")
     out = Path(args.out)
+    sources: dict[str, dict[int, tuple[str, np.ndarray]]] = {}  # one read per base suite, all before any episode
+    for spec in specs:
+        if (spec.base or spec.name) not in sources:
+            sources[spec.base or spec.name] = demo_actions(args.data, spec.name, tasks, args.demo)
     with FolderLock(out, "replay"):
-        for suite in suites:
-            run(args.data, suite, tasks, list(range(args.num_trials)), out, args.demo)
+        for spec in specs:
+            run(sources[spec.base or spec.name], spec.name, list(range(args.num_trials)), out)
         logged = dict.fromkeys(r["suite"] for r in read_episodes(out) if r["mode"] == MODE)  # earlier runs' too
         results = [summary(out, suite, compare) for suite in logged]
-        if compare and not any(r["compared_with"] for r in results):
-            raise RsdError(f"--compare {' '.join(args.compare)}: no episodes of {', '.join(logged)} to compare with")
         text = "\n".join(markdown(result) for result in results)
         atomic_write(out / "replay.md", text)
         atomic_write(out / "replay.json", json.dumps({"suites": results}, indent=2))

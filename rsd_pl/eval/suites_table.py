@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rsd_pl.envs.suites import PARAPHRASE, PRO_PERTURBATIONS
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.benchmark_table import save_table, table_main
 from rsd_pl.eval.episode_log import read_episodes
@@ -40,7 +41,7 @@ SUITE_ORDER = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 OFT_PUBLISHED = {"libero_spatial": 97.6, "libero_object": 98.4, "libero_goal": 97.9, "libero_10": 94.5,
                  "average": 97.1}
 """OpenVLA-OFT's published success (%), 500 episodes per suite (Kim et al. 2025, Table I): for reference only."""
-PERTURBATIONS = ("lan", "paraphrase", "object", "swap", "task")
+PERTURBATIONS = ("lan", PARAPHRASE, *(p for p in PRO_PERTURBATIONS if p != "lan"))  # lan and its control first
 REPLAY_NOTE = (" `replay`: the blind floor, one training demo per task replayed open loop from the same init states "
                "without looking (`python -m rsd_pl replay`).")
 
@@ -58,11 +59,17 @@ def load_suites(root: Path) -> dict[str, list[dict[str, Any]]]:
         records = [r for r in read_episodes(found[name]) if r["suite"] == name]
         if not records:
             raise RsdError(f"{found[name]}/episodes.jsonl: no episode of suite {name} (the folder is named after it)")
-        replay = root / name / "replay"  # the blind floor (`rsd_pl replay`): a row like a mode's, same episodes
-        if (replay / "episodes.jsonl").is_file():
-            records += [r for r in read_episodes(replay) if r["suite"] == name and r["mode"] == "replay"]
+        records += [r for r in _replays(root, name) if r["suite"] == name]  # the blind floor: a row like a mode's
         out[name] = records
     return out
+
+
+def _replays(root: Path, suite: str) -> list[dict[str, Any]]:
+    """The `replay` episodes in `<root>/<suite>/replay` (the suite's and its LIBERO-PRO suites'), [] if none."""
+    folder = root / suite / "replay"
+    if not (folder / "episodes.jsonl").is_file():
+        return []
+    return [r for r in read_episodes(folder) if r["mode"] == "replay"]
 
 
 def _key(record: dict[str, Any]) -> tuple[str, int, int]:
@@ -116,16 +123,16 @@ def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[
     """Clean against each LIBERO-PRO perturbation, per suite and mode, paired on the same task and trial."""
     rows = []
     for suite, clean_records in suites.items():
-        folder, replay = root / suite / "pro", root / suite / "replay"
+        folder = root / suite / "pro"
         if not (folder / "episodes.jsonl").is_file():
             continue
-        perturbed = read_episodes(folder)
-        if (replay / "episodes.jsonl").is_file():  # the blind floor on the perturbed suites: placements alone
-            perturbed += [r for r in read_episodes(replay) if r["mode"] == "replay" and r["suite"] != suite]
+        evaluated = read_episodes(folder)
+        replayed = [r for r in _replays(root, suite) if r["suite"] != suite]  # the blind floor at PRO's placements
+        perturbed = evaluated + replayed
         clean = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in clean_records}
-        # The step's plan, read from its own log: every clean task on every trial that any perturbed run reached. A
-        # row with fewer paired episodes is a run still under way, and says so.
-        planned_trials = {int(r["trial"]) for r in perturbed}
+        # The plan of each step, read from its own log: every clean task on every trial that the step reached in any
+        # perturbation. A row with fewer paired episodes is a run still under way, and says so.
+        reached = {"eval": {int(r["trial"]) for r in evaluated}, "replay": {int(r["trial"]) for r in replayed}}
         for perturbation in PERTURBATIONS:
             name = f"{suite}_{perturbation}"
             mine = {(int(r["task_id"]), int(r["trial"]), r["mode"]): succeeded(r) for r in perturbed
@@ -135,7 +142,8 @@ def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[
                 if not shared:
                     continue
                 test = paired_success_test([mine[k] for k in shared], [clean[k] for k in shared])
-                planned = sum(1 for k in clean if k[2] == mode and k[1] in planned_trials)
+                trials = reached["replay" if mode == "replay" else "eval"]
+                planned = sum(1 for k in clean if k[2] == mode and k[1] in trials)
                 rows.append({"suite": suite, "perturbation": perturbation, "mode": mode, "planned": planned,
                              "clean": _rate(sum(clean[k] for k in shared), len(shared)),
                              "perturbed": _rate(sum(mine[k] for k in shared), len(shared)), "vs_clean": test})
