@@ -31,7 +31,7 @@ from typing import Any
 
 from rsd_pl.envs.suites import PARAPHRASE, PRO_PERTURBATIONS
 from rsd_pl.errors import RsdError
-from rsd_pl.eval.benchmark_table import save_table, table_main
+from rsd_pl.eval.benchmark_table import DPI, save_table, table_main
 from rsd_pl.eval.episode_log import read_episodes
 from rsd_pl.eval.plots import mode_color
 from rsd_pl.eval.report import _fmt, _p_value, _points, build_report
@@ -295,8 +295,6 @@ def pro_figure(table: dict[str, Any]):
 
 def write(root: Path) -> Path:
     """suites.md/.json/.png, and suites_pro.png where a suite ran LIBERO-PRO."""
-    from rsd_pl.eval.benchmark_table import DPI
-
     table = build(root)
     out = save_table(root / "suites.md", markdown(table), table, figure(table))
     if table["pro"]:
