@@ -55,6 +55,10 @@ def test_summary_pairs_each_mode_with_the_replay_on_the_same_episodes(tmp_path):
     assert test["difference"] == pytest.approx((2 - 3) / 4)
     text = markdown(result)
     assert "All tasks: 3/4 (75.0%" in text and "| l1 | 4 | 2 | 3 | -25.0 (" in text
+    assert "from the benchmark init states" in text
+    pro = markdown({**result, "suite": "libero_object_lan"})  # LIBERO-PRO samples its own placements
+    assert "from libero_object_lan's own init states (LIBERO-PRO's placements, not libero_object's)" in pro
+    assert "from the benchmark init states" in markdown({**result, "suite": "libero_object_paraphrase"})
     with pytest.raises(RsdError, match="no replay episodes of libero_spatial"):
         summary(out, "libero_spatial", None)
     other = tmp_path / "pro"  # a second evaluation folder, of another suite: pooled, and named only where it counts

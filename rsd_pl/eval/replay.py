@@ -33,6 +33,7 @@ import numpy as np
 
 from rsd_pl.decoding import StatsAggregator
 from rsd_pl.durable import FolderLock, atomic_write
+from rsd_pl.envs.suites import suite_spec
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.episode_log import EpisodeLog, episode_key, read_episodes
 from rsd_pl.eval.report import _p_value, _points
@@ -71,7 +72,6 @@ def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> d
     the task or file when one is missing."""
     from rsd_pl.data.libero_hdf5 import read_episodes as read_demos
     from rsd_pl.data.libero_hdf5 import resolve_demo_files
-    from rsd_pl.envs import suite_spec
     from rsd_pl.envs.libero import task_info
 
     source_suite = suite_spec(suite).base or suite  # LIBERO-PRO keeps its base suite's task order
@@ -150,8 +150,12 @@ def markdown(result: dict[str, Any]) -> str:
     def rate(s: int, n: int, interval: tuple[float, float]) -> str:
         return f"{s}/{n} ({100 * s / n:.1f}%, 95% CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
 
+    spec = suite_spec(result["suite"])
+    own = spec.base is not None and spec.libero == spec.name  # a LIBERO-PRO suite with its own init states
+    states = f"{spec.name}'s own init states (LIBERO-PRO's placements, not {spec.base}'s)" if own else (
+        "the benchmark init states")
     lines = [f"# Blind replay floor: {result['suite']}", "",
-             "One training demo's actions per task, replayed open loop from the benchmark init states (no "
+             f"One training demo's actions per task, replayed open loop from {states} (no "
              "observation used). Success with Wilson 95% intervals.", "",
              f"All tasks: {rate(result['successes'], result['episodes'], result['interval'])}", "",
              "| task | replay success |", "|---|---|"]
