@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "the blind floor: one demo per task replayed open loop from the benchmark init states, paired"),
     "benchmark-table": ("rsd_pl.eval.benchmark_table", "main",
                         "a suite's benchmark: every observation setting's eval report side by side"),
+    "record": ("rsd_pl.record", "main",
+               "keep a long benchmark's logs and models in a committed folder, restore them on another machine"),
     "suites-table": ("rsd_pl.eval.suites_table", "main",
                      "the users' table: every LIBERO suite's eval side by side, the average, LIBERO-PRO against clean"),
 }

@@ -53,63 +53,10 @@ for suite in "${suites[@]}"; do
   [[ -f $configs/collect_$suite.yaml ]] || { echo "no $configs/collect_$suite.yaml: one of libero_spatial, libero_object, libero_goal, libero_10" >&2; exit 2; }
 done
 step() { [[ "$steps" == *" $1 "* ]]; }
-parts=(eval replay pro)  # the run folders whose logs are kept
-check_record() {  # the record and this machine's runs must be one run: fails, naming the file, if not
-  local part log dst
-  for part in "${parts[@]}"; do
-    log=$runs/$part/episodes.jsonl dst=$record/$part/episodes.jsonl
-    # the logs are append-only: the record's must be the start of this machine's, or they are two different runs
-    if [[ -f $dst && -f $log ]] && ! cmp -s -n "$(stat -c %s "$dst")" "$dst" "$log"; then
-      echo "four_suites: $dst is not the start of $log (another run's log?): nothing kept; move one of them away" >&2
-      return 1
-    fi
-  done
-  if [[ -f $record/checkpoints/registry.json && -f $registry/registry.json ]] \
-      && ! cmp -s "$record/checkpoints/registry.json" "$registry/registry.json"; then
-    echo "four_suites: $registry is not the model in $record/checkpoints (a new fit?), whose logs the record holds:" \
-      "nothing kept; move $record away to start $suite anew" >&2
-    return 1
-  fi
+record_() {  # record_ keep|restore: the suite's record (python -m rsd_pl record; refuses to mix two runs)
+  $PY -m rsd_pl record "$1" --runs "$runs" --registry "$registry" --record "$record"
 }
-restore() {  # what the record has and this machine lacks, copied back (nothing here is overwritten), then checked
-  local part
-  for part in "${parts[@]}"; do
-    if [[ -f $record/$part/episodes.jsonl && ! -f $runs/$part/episodes.jsonl ]]; then
-      mkdir -p "$runs/$part" && cp "$record/$part/episodes.jsonl" "$runs/$part/"
-      banner "restored $runs/$part/episodes.jsonl from $record ($(wc -l < "$runs/$part/episodes.jsonl") runs)"
-    fi
-  done
-  if [[ -f $record/checkpoints/registry.json && ! -f $registry/registry.json ]]; then
-    mkdir -p "$registry" && cp -r "$record/checkpoints/." "$registry/"
-    banner "restored the checkpoints $registry from $record"
-  fi
-  check_record
-}
-complete_bytes() {  # the bytes of a log up to its last newline (a killed writer can leave a torn last line)
-  local size last
-  size=$(stat -c %s "$1") last=0
-  if [[ $size -gt 0 && -n $(tail -c 1 "$1") ]]; then last=$(tail -n 1 "$1" | wc -c); fi
-  echo $((size - last))
-}
-keep_results() {  # the finished logs, their reports and the exported checkpoints, copied into the record
-  [[ -n $record ]] || return 0
-  check_record || return 1
-  local part file log dst
-  for part in "${parts[@]}"; do
-    log=$runs/$part/episodes.jsonl dst=$record/$part/episodes.jsonl
-    [[ -f $log ]] || continue
-    mkdir -p "$record/$part"
-    head -c "$(complete_bytes "$log")" "$log" > "$dst.tmp" && mv "$dst.tmp" "$dst"
-    for file in report.md report.json replay.md replay.json; do
-      if [[ -f $runs/$part/$file ]]; then cp "$runs/$part/$file" "$record/$part/.$file.tmp" && mv "$record/$part/.$file.tmp" "$record/$part/$file"; fi
-    done
-  done
-  if [[ -f $registry/registry.json ]]; then  # the exported artifacts only (weights, configs, metrics, lineage)
-    mkdir -p "$record" && rm -rf "$record/checkpoints.tmp" && cp -r "$registry" "$record/checkpoints.tmp"
-    rm -f "$record/checkpoints.tmp/.registry.lock" && rm -rf "$record/checkpoints"
-    mv "$record/checkpoints.tmp" "$record/checkpoints"
-  fi
-}
+keep_results() { if [[ -n $record ]]; then record_ keep; fi; }
 trap 'rc=$?; keep_results || rc=1; exit $rc' EXIT  # also after a failed or stopped step: what finished is kept
 evaluate() {  # evaluate OUT SUITES MODES TRIALS [EXTRA...]: eval.yaml with this suite's registry, resumable
   $PY -m rsd_pl eval --config $configs/eval.yaml --registry "$registry" --suites "$2" --modes "$3" \
@@ -118,7 +65,7 @@ evaluate() {  # evaluate OUT SUITES MODES TRIALS [EXTRA...]: eval.yaml with this
 
 for suite in "${suites[@]}"; do
   data=$base_data/$suite registry=$base_ckpt/$suite runs=$base_runs/$suite record=$keep/$suite
-  restore || { record=""; exit 1; }
+  record_ restore || { record=""; exit 1; }
   if step collect; then
     banner "collect $suite: $demos demos per task from sampled placements ($data; finished demos are kept)"
     $PY -m rsd_pl collect --config "$configs/collect_$suite.yaml" --placements sampled --init_states null \
@@ -131,17 +78,18 @@ for suite in "${suites[@]}"; do
   fi
   if step replay; then
     banner "replay $suite: the blind floor, one demo per task open loop on trials 0-$((full_trials - 1)) (finished episodes are kept)"
-    compare=()  # pairs the replay with whatever eval has run (suites-table pairs them in any case)
+    compare=()  # pairs the replay with the evaluations that have run (suites-table pairs them in any case)
     for part in eval pro; do if [[ -f $runs/$part/episodes.jsonl ]]; then compare+=("$runs/$part"); fi; done
+    if [[ ${#compare[@]} -gt 0 ]]; then compare=(--compare "${compare[@]}"); fi
     $PY -m rsd_pl replay --data "$data" --suite "$suite" --num_trials "$full_trials" --out "$runs/replay" \
-      ${compare[@]+--compare "${compare[@]}"} "${replay_extra[@]}"
+      "${compare[@]}" "${replay_extra[@]}"
     # the blind replay ignores the words, so on `_paraphrase` (the clean init states) it is the clean replay: not run
     pro_replay=""
     for p in "${pro_suffixes[@]}"; do [[ $p == paraphrase ]] || pro_replay+="${suite}_$p,"; done
     if [[ -n $pro_replay ]]; then
       banner "replay $suite on LIBERO-PRO (${pro_replay%,}): the blind floor at their own placements, trials 0-$((trials - 1))"
       $PY -m rsd_pl replay --data "$data" --suite "${pro_replay%,}" --num_trials "$trials" --out "$runs/replay" \
-        ${compare[@]+--compare "${compare[@]}"} "${replay_extra[@]}"
+        "${compare[@]}" "${replay_extra[@]}"
     fi
     keep_results
   fi

@@ -108,11 +108,18 @@ def test_several_suites_read_their_demos_once_before_any_episode_and_summarise_s
         replay.main(["--suite", "libero_object_swap", "--compare", str(pro), *common])
     assert runs == []
     assert replay.main(["--suite", "libero_object_swap", *common]) == 0  # alone: no comparison asked
+    with pytest.raises(RsdError, match="no episodes of libero_object_swap to compare with"):  # nor in the folder
+        replay.main(["--suite", "libero_object_swap", "--compare", str(pro), *common])
 
     reads.clear()
     assert replay.main(["--suite", "libero_object,libero_object_lan", "--compare", str(clean), str(pro), str(pro),
                         *common]) == 0
     assert reads == ["libero_object"] and runs == ["libero_object_swap", "libero_object", "libero_object_lan"]
+    # a later run of one suite with the clean eval only: it pairs with the clean suite already in the folder, and
+    # replay.md keeps every section's pairing
+    assert replay.main(["--suite", "libero_object_swap", "--compare", str(clean), str(pro), *common]) == 0
+    text = (out / "replay.md").read_text()
+    assert text.count("## Against the modes of") == 2 and f"## Against the modes of {clean}" in text
     sections = {r["suite"]: r for r in json.loads((out / "replay.json").read_text())["suites"]}
     assert list(sections) == ["libero_object_swap", "libero_object", "libero_object_lan"]  # the log's order
     assert sections["libero_object_swap"]["compared_with"] is None

@@ -204,9 +204,13 @@ def main(argv: list[str]) -> int:
     for folder in compare:
         if not (folder / "episodes.jsonl").is_file():
             raise RsdError(f"--compare {folder}: no episodes.jsonl there")
-    if compare and not any(r["suite"] in suites for folder in compare for r in read_episodes(folder)):
-        raise RsdError(f"--compare {' '.join(args.compare)}: no episodes of {', '.join(suites)} to compare with")
     out = Path(args.out)
+    # replay.md summarises every suite the folder holds, this run's and earlier runs': a compare folder must pair
+    # with one of them
+    summarised = sorted({*suites, *(r["suite"] for r in read_episodes(out) if r["mode"] == MODE)}
+                        if (out / "episodes.jsonl").is_file() else set(suites))
+    if compare and not any(r["suite"] in summarised for folder in compare for r in read_episodes(folder)):
+        raise RsdError(f"--compare {' '.join(args.compare)}: no episodes of {', '.join(summarised)} to compare with")
     sources: dict[str, dict[int, tuple[str, np.ndarray]]] = {}  # one read per base suite, all before any episode
     for spec in specs:
         if (spec.base or spec.name) not in sources:
