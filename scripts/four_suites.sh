@@ -16,8 +16,9 @@
 #   STEPS="collect fit" bash scripts/four_suites.sh libero_goal # some steps: collect fit replay eval long pro table
 # Everything resumes: rerun the same command after an interruption (collect and eval skip what is done, a fit already
 # exported is skipped, an interrupted fit continues from its last.ckpt). Each step fits in one working session.
-# The record: after each step (and on any exit) the episode logs, their reports and the exported checkpoints are
-# copied to results/four_suites/<suite> (FOUR_SUITES_RESULTS), which is committed, and the table is built from it.
+# The record: after each step (and on any exit) the episode logs and their reports, and once rfsq and main are both
+# exported the checkpoints, are copied to results/four_suites/<suite> (FOUR_SUITES_RESULTS), which is committed, and
+# the table is built from it (`python -m rsd_pl record`).
 # On a new machine the script first restores what runs/ and checkpoints/ lack from there, so `eval`, `long` and `pro`
 # go on where the record stops with the same model (the demos are not kept: collect, fit and replay come first).
 # Artifacts: data/four_suites/<suite>, checkpoints/four_suites/<suite>, runs/four_suites/<suite>/{rfsq,main,eval,replay,pro},
@@ -56,7 +57,7 @@ step() { [[ "$steps" == *" $1 "* ]]; }
 record_() {  # record_ keep|restore: the suite's record (python -m rsd_pl record; refuses to mix two runs)
   $PY -m rsd_pl record "$1" --runs "$runs" --registry "$registry" --record "$record"
 }
-keep_results() { if [[ -n $record ]]; then record_ keep; fi; }
+keep_results() { if [[ -n $record ]]; then record_ keep || { record=""; return 1; }; fi; }  # once: not again on exit
 trap 'rc=$?; keep_results || rc=1; exit $rc' EXIT  # also after a failed or stopped step: what finished is kept
 evaluate() {  # evaluate OUT SUITES MODES TRIALS [EXTRA...]: eval.yaml with this suite's registry, resumable
   $PY -m rsd_pl eval --config $configs/eval.yaml --registry "$registry" --suites "$2" --modes "$3" \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def _export(root: Path, name: str, value: float = 1.0) -> None:
 def _log(path: Path, lines: list[str], torn: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"trial": line}) + "\n" for line in lines) + torn)
+
+
+def _whole(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: data.rfind(b"\n") + 1]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -49,7 +55,7 @@ def test_keep_then_restore_on_a_new_machine_gives_the_same_logs_and_models(machi
     done = keep(runs, registry, record)
     assert (record / "eval" / "episodes.jsonl").read_text() == '{"trial": "a"}\n{"trial": "b"}\n'  # whole lines
     assert (record / "eval" / "report.md").read_text() == "# report\n"
-    assert not (record / "pro").exists() and len(done) == 3
+    assert not (record / "pro").exists() and len(done) == 4  # two logs, the report, the models
     kept = _files(record / "checkpoints")
     assert set(kept) == {"registry.json", *(f"{m}/v1/{f}" for m in ("rfsq", "main") for f in (
         "weights.safetensors", "config.json", "metrics.json", "lineage.json"))}  # no lock, no .tmp-*
@@ -102,12 +108,79 @@ def test_a_fit_stopped_between_the_models_keeps_no_checkpoints(tmp_path):
 
 def test_a_machine_behind_the_record_is_brought_forward_and_never_moves_the_record_back(machine):
     runs, registry, record = machine
-    _log(record / "eval" / "episodes.jsonl", ["a", "b", "c", "d"])  # another machine went further in the same run
-    assert keep(runs, registry, record) == [f"{record / 'replay' / 'episodes.jsonl'} (1 runs)",
-                                            f"{record / 'checkpoints'} (rfsq, main)"]
+    keep(runs, registry, record)
+    _log(record / "eval" / "episodes.jsonl", ["a", "b", "c", "d"], torn='{"tri')  # another machine went further
+    (runs / "eval" / "report.md").write_text("# older report\n")
+    assert keep(runs, registry, record) == []  # neither its log nor its reports go back
     assert (record / "eval" / "episodes.jsonl").read_text().count("\n") == 4
-    restore(runs, registry, record)
-    assert (runs / "eval" / "episodes.jsonl").read_bytes() == (record / "eval" / "episodes.jsonl").read_bytes()
+    assert (record / "eval" / "report.md").read_text() == "# report\n"
+    assert restore(runs, registry, record) == [f"{runs / 'eval' / 'episodes.jsonl'} (4 runs)"]
+    assert (runs / "eval" / "episodes.jsonl").read_bytes() == _whole(record / "eval" / "episodes.jsonl")
+
+
+def test_a_rerun_with_the_same_log_still_keeps_its_new_reports(machine):
+    """Rerunning the replay step after the eval adds no episode but rewrites replay.md with the new pairings."""
+    runs, registry, record = machine
+    (runs / "replay" / "replay.md").write_text("# replay alone\n")
+    keep(runs, registry, record)
+    (runs / "replay" / "replay.md").write_text("# replay, paired with eval\n")
+    assert keep(runs, registry, record) == [str(record / "replay" / "replay.md")]
+    assert (record / "replay" / "replay.md").read_text() == "# replay, paired with eval\n"
+
+
+def test_a_copy_killed_midway_leaves_no_model_to_mix_with(machine, tmp_path, monkeypatch):
+    """keep's copy of the models dies after the first version folder: the record has no index, so another
+    machine's fit is refused next to the record's eval log, and the next keep completes the copy."""
+    import rsd_pl.record as record_module
+
+    runs, registry, record = machine
+    (record / "eval").mkdir(parents=True)
+    (record / "eval" / "episodes.jsonl").write_bytes(_whole(runs / "eval" / "episodes.jsonl"))
+    real_copytree, calls = record_module.shutil.copytree, []
+
+    def dying_copytree(src, dst, **kwargs):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill
+        return real_copytree(src, dst, **kwargs)
+
+    monkeypatch.setattr(record_module.shutil, "copytree", dying_copytree)
+    with pytest.raises(KeyboardInterrupt):
+        record_module._copy_registry(registry, record / "checkpoints", ["rfsq", "main"])
+    monkeypatch.setattr(record_module.shutil, "copytree", real_copytree)
+    assert not (record / "checkpoints" / "registry.json").exists()
+    other = tmp_path / "other"
+    _export(other / "ckpt", "rfsq", 3.0)
+    _export(other / "ckpt", "main", 3.0)
+    with pytest.raises(RsdError, match=r"record/eval/episodes.jsonl was evaluated with a model that .* does not hold"):
+        restore(other / "runs", other / "ckpt", record)
+    assert not (other / "runs").exists()
+    with pytest.raises(RsdError, match="does not hold"):  # the same record cannot be completed from this machine
+        keep(runs, registry, record)
+    shutil.rmtree(record / "eval")  # once the log is moved away, the copy completes over the leftovers
+    keep(runs, registry, record)
+    assert _files(record / "checkpoints") == {k: v for k, v in _files(registry).items()
+                                              if k != ".registry.lock" and not k.startswith("main/.tmp-")}
+
+
+def test_restore_never_overwrites_a_registry_folder_without_an_index(machine, tmp_path):
+    runs, registry, record = machine
+    keep(runs, registry, record)
+    other = tmp_path / "other" / "ckpt"
+    (other / "main" / "v1").mkdir(parents=True)  # unindexed work of some other kind
+    with pytest.raises(RsdError, match=r"ckpt: has no registry.json but holds main: not overwritten"):
+        restore(tmp_path / "other" / "runs", other, record)
+    assert not (tmp_path / "other" / "runs").exists()
+    assert list(other.rglob("*")) == [other / "main", other / "main" / "v1"]
+
+
+def test_the_same_index_with_other_weights_is_another_model(machine):
+    runs, registry, record = machine
+    keep(runs, registry, record)
+    weights = record / "checkpoints" / "main" / "v1" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x40")  # 1.0 -> 2.0, index unchanged
+    with pytest.raises(RsdError, match="main is not the model in"):
+        check(runs, registry, record)
 
 
 def test_cli_names_the_files_and_four_suites_refuses_before_any_step(machine, tmp_path, capsys):
