@@ -5,7 +5,8 @@ The record of one suite, `<record>/`, holds what a later machine needs to go on 
 
     <part>/episodes.jsonl            each run folder's episode log (`--parts`, default eval, replay, pro), whole
                                      lines only
-    <part>/report.md, report.json    the run's reports, where written (replay.md, replay.json for a replay)
+    <part>/report.md, report.json    the run's reports, where written (replay.md, replay.json for a replay), and
+    <part>/plots/*.png               the plots report.md shows
     checkpoints/registry.json        the exported models (`--models`, default rfsq and main) with their indexed
     checkpoints/<name>/v<N>/         versions: weights, config, metrics, lineage (no Lightning training state)
 
@@ -38,6 +39,7 @@ PARTS = ("eval", "replay", "pro")
 MODELS = ("rfsq", "main")
 LOG = "episodes.jsonl"
 REPORTS = ("report.md", "report.json", "replay.md", "replay.json")
+PLOTS = "plots"
 INDEX = "registry.json"
 CHECKPOINTS = "checkpoints"
 
@@ -153,9 +155,12 @@ def keep(runs: Path, registry: Path, record: Path, parts: tuple[str, ...] = PART
         if not kept.is_file() or kept.read_bytes() != data:
             atomic_write(kept, data)
             done.append(f"{kept} ({_lines(data)} runs)")
-        for report in REPORTS:  # also when the log is unchanged: a rerun rewrites its reports (new pairings)
-            source, target = runs / part / report, record / part / report
+        # also when the log is unchanged: a rerun rewrites its reports (new pairings); the plots report.md shows
+        reports = [runs / part / name for name in REPORTS] + sorted((runs / part / PLOTS).glob("*.png"))
+        for source in reports:
+            target = record / source.relative_to(runs)
             if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
+                target.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(target, source.read_bytes())
                 done.append(str(target))
     if names:

@@ -46,6 +46,8 @@ def machine(tmp_path):
     (registry / "main" / ".tmp-v9-crashed").mkdir()  # left by a crashed export: not a model
     _log(runs / "eval" / "episodes.jsonl", ["a", "b"], torn='{"trial": "c')
     (runs / "eval" / "report.md").write_text("# report\n")
+    (runs / "eval" / "plots").mkdir()
+    (runs / "eval" / "plots" / "task_success.png").write_bytes(b"\x89PNG")
     _log(runs / "replay" / "episodes.jsonl", ["r"])
     return runs, registry, record
 
@@ -55,7 +57,8 @@ def test_keep_then_restore_on_a_new_machine_gives_the_same_logs_and_models(machi
     done = keep(runs, registry, record)
     assert (record / "eval" / "episodes.jsonl").read_text() == '{"trial": "a"}\n{"trial": "b"}\n'  # whole lines
     assert (record / "eval" / "report.md").read_text() == "# report\n"
-    assert not (record / "pro").exists() and len(done) == 4  # two logs, the report, the models
+    assert (record / "eval" / "plots" / "task_success.png").read_bytes() == b"\x89PNG"  # what report.md shows
+    assert not (record / "pro").exists() and len(done) == 5  # two logs, the report, its plot, the models
     kept = _files(record / "checkpoints")
     assert set(kept) == {"registry.json", *(f"{m}/v1/{f}" for m in ("rfsq", "main") for f in (
         "weights.safetensors", "config.json", "metrics.json", "lineage.json"))}  # no lock, no .tmp-*
