@@ -148,11 +148,11 @@ def keep(runs: Path, registry: Path, record: Path, parts: tuple[str, ...] = PART
         if not mine.is_file():
             continue
         data = _whole_lines(mine.read_bytes())
-        behind = kept.is_file() and len(_whole_lines(kept.read_bytes())) > len(data)
-        if behind:
+        before = kept.read_bytes() if kept.is_file() else None  # read once
+        if before is not None and len(_whole_lines(before)) > len(data):
             continue  # another machine went further in this run (check): its log and reports stay
         (record / part).mkdir(parents=True, exist_ok=True)
-        if not kept.is_file() or kept.read_bytes() != data:
+        if before != data:
             atomic_write(kept, data)
             done.append(f"{kept} ({_lines(data)} runs)")
         # also when the log is unchanged: a rerun rewrites its reports (new pairings); the plots report.md shows
