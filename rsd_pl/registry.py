@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -81,6 +82,11 @@ class Artifact:
             return load_file(weights, device=device)
         except SafetensorError as error:
             raise RsdError(f"{self.spec}: cannot read {weights}: {error}") from error
+
+    def identity(self) -> str:
+        """`name@version created sha256:<16 hex of the weights>`: what an evaluation names its model by, so a
+        resumed run with another model (a refit, another machine's registry) is refused, not mixed in."""
+        return f"{self.spec} {self.created} sha256:{(weights_sha256(self.path) or '(no weights)')[:16]}"
 
     def read_json(self, key: str) -> dict[str, Any]:
         """An extra json file of the artifact, e.g. ``read_json("stats")`` -> stats.json."""
@@ -238,6 +244,15 @@ class Registry:
 
 
 # ----- helpers ---------------------------------------------------------------------------------
+def weights_sha256(version: Path) -> str | None:
+    """sha256 of a version folder's weights, streamed (a 7B main is 15 GB); None if absent."""
+    weights = Path(version) / WEIGHTS_FILE
+    if not weights.is_file():
+        return None
+    with open(weights, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"rfsq@best"`` -> ``("rfsq", "best")``; bare ``"rfsq"`` -> ``("rfsq", "latest")``."""
     name, _, selector = spec.partition("@")

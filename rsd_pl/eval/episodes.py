@@ -1,8 +1,10 @@
 """The episodes of an evaluation run and its output folder: `episode_list` (every (suite, task, trial, seed)
 with the modes to run on it), `pending_items` (without the runs the folder's `episodes.jsonl` already has: a
-rerun resumes), and `output_lock` (one writing process per folder).
+rerun resumes), `check_same_models` (a rerun that loads other models than the logged runs name is refused) and
+`output_lock` (one writing process per folder).
 
-Imports: eval.config, eval.episode_log, rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's rank only.
+Imports: eval.config, eval.episode_log, eval.models (torch), rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's
+rank only.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from rsd_pl.errors import RsdError
 from rsd_pl.eval.config import EvalConfig
-from rsd_pl.eval.episode_log import episode_key, read_episodes
+from rsd_pl.eval.episode_log import EPISODES_FILE, episode_key, read_episodes
+from rsd_pl.eval.models import models_used
 
 
 def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -48,6 +52,28 @@ def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
         if modes:
             items.append({**item, "modes": modes})
     return items
+
+
+def check_same_models(cfg: EvalConfig, identity: dict[str, str]) -> None:
+    """Refuse to resume into cfg.out when a logged run was decoded by another model than this run loads (a
+    refit, another machine's registry, another OFT checkpoint): its success rates would mix two models.
+    Runs logged before the records named their models cannot be checked; they are counted, and said."""
+    unnamed = 0
+    for record in read_episodes(cfg.out):
+        logged = record.get("models")
+        if logged is None:
+            unnamed += 1
+            continue
+        now = models_used(record["mode"], identity)
+        for key in logged.keys() & now.keys():
+            if logged[key] != now[key]:
+                raise RsdError(
+                    f"{Path(cfg.out) / EPISODES_FILE}: {record['suite']} task {record['task_id']} trial "
+                    f"{record['trial']} {record['mode']} was decoded by {key} {logged[key]}, but this run loads "
+                    f"{now[key]}: evaluate into another out folder, or load the same {key}")
+    if unnamed:
+        print(f"eval: {unnamed} runs in {Path(cfg.out) / EPISODES_FILE} predate the records naming their models; "
+              "they are taken to be this run's")
 
 
 def count_runs(items: list[dict[str, Any]]) -> int:

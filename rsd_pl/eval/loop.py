@@ -24,7 +24,7 @@ from rsd_pl.envs import SHADOWS
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec
 from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
-from rsd_pl.eval.episodes import count_runs, episode_list, output_lock, pending_items
+from rsd_pl.eval.episodes import check_same_models, count_runs, episode_list, output_lock, pending_items
 from rsd_pl.eval.report import write_report
 from rsd_pl.eval.runner import EpisodeResult, new_run_id, run_episode, video_larger_than_cameras
 
@@ -53,8 +53,11 @@ class EvalModule(L.LightningModule):
 
     def __init__(self, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec, out_dir: str | Path,
                  camera_size: int = 128, video_fps: int = 20, shadows: bool = SHADOWS, num_envs: int = 1,
-                 video_size: int | None = None, record_paths: bool = False) -> None:
+                 video_size: int | None = None, record_paths: bool = False,
+                 identity: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.identity = identity or {}
+        """The loaded models' names (`eval.models.load_models`); each record gets those its mode used."""
         self.record_paths = record_paths
         self.models = models
         self.make_policy = make_policy
@@ -135,6 +138,10 @@ class EvalModule(L.LightningModule):
         if result.frames:
             result.video = str(self._write_video(result))
         result.run = self._run_id
+        if self.identity:
+            from rsd_pl.eval.models import models_used
+
+            result.models = models_used(result.mode, self.identity)
         record = result.to_json()
         self._log.append(record)
         self._announce(result)
@@ -182,15 +189,20 @@ class EvalModule(L.LightningModule):
 
 
 
-def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec) -> dict[str, Any] | None:
+def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec,
+             identity: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Run the pending episodes through a Lightning predict loop, merge logs, write the report; one process
-    at a time per output folder."""
+    at a time per output folder. `identity` names the loaded models: each record names those that decoded it,
+    and a folder whose runs name other ones is refused before any episode."""
     with output_lock(cfg.out, "eval"):
-        return _run_eval(cfg, models, make_policy, obs)
+        return _run_eval(cfg, models, make_policy, obs, identity or {})
 
 
-def _run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec) -> dict[str, Any] | None:
+def _run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec,
+              identity: dict[str, str]) -> dict[str, Any] | None:
     out_dir = Path(cfg.out)
+    if identity:
+        check_same_models(cfg, identity)
     items = pending_items(cfg)
     total, pending = count_runs(episode_list(cfg)), count_runs(items)
     print(f"eval: {total - pending}/{total} episode runs (episode x mode) already in "
@@ -203,7 +215,8 @@ def _run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: Obs
         loader = DataLoader(EpisodeDataset(items), batch_size=cfg.num_envs, shuffle=False, collate_fn=collate)
         camera_size = obs.camera_size or cfg.camera_size or DEFAULT_CAMERA_SIZE
         module = EvalModule(models, make_policy, obs, out_dir, camera_size, cfg.video_fps, cfg.shadows,
-                            num_envs=cfg.num_envs, video_size=cfg.video_size, record_paths=cfg.record_paths)
+                            num_envs=cfg.num_envs, video_size=cfg.video_size, record_paths=cfg.record_paths,
+                            identity=identity)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:

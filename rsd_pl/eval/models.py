@@ -11,6 +11,7 @@ Imports: eval.config, the registry and the model loaders (lazily); no Lightning,
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,11 +39,13 @@ def _lineage_parent(artifact: Any, key: str, registry: Any) -> str:
 def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
     """The models the modes need: the RSD ones from the registry (lineage checked), OFT's from its directory.
 
-    Returns ({"tokenizer", "normalizer", "main", "draft", "oft"}, ObsSpec); absent models are None.
+    Returns ({"tokenizer", "normalizer", "main", "draft", "oft", "identity"}, ObsSpec); absent models are None;
+    "identity" names each loaded model ({"main": "main@1 <created> sha256:...", ...}) for the episode records.
     RsdError for an unknown name, a tokenizer other than the one main was trained on, a draft
     distilled from another main, an `oft` checkpoint missing or observing differently from main.
     """
-    models: dict[str, Any] = {"tokenizer": None, "normalizer": None, "main": None, "draft": None, "oft": None}
+    models: dict[str, Any] = {"tokenizer": None, "normalizer": None, "main": None, "draft": None, "oft": None,
+                              "identity": {}}
     obs, main_config = None, None
     if cfg.main:
         models = load_rsd_models(cfg)
@@ -54,6 +57,7 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
     if "oft" in cfg.modes:
         # one render side per run: the main model's (oft then warns when it is not OFT's 256 px)
         models["oft"], oft_obs = load_oft_model(cfg, main_config, obs.camera_size if obs is not None else None)
+        models["identity"]["oft"] = oft_identity(cfg, main_config)
         if obs is not None and obs != oft_obs:
             raise RsdError(f"modes include oft, which observes {oft_obs}, but main={cfg.main} was trained on "
                            f"{obs}: evaluate them in separate runs")
@@ -68,10 +72,7 @@ def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None,
     evaluated beside one), else cfg.camera_size, else 256 as OFT; a warning when that is not 256."""
     from rsd_pl.models.openvla.parts import load_oft_policy
 
-    root = cfg.oft_checkpoint
-    backbone = (main_config or {}).get("model", {}).get("backbone", {})
-    if root is None and backbone.get("kind") == "openvla":
-        root = backbone.get("path")
+    root = oft_root(cfg, main_config)
     if root is None:
         raise RsdError("modes include oft but no OpenVLA-OFT checkpoint is known: set oft_checkpoint to a local "
                        "OpenVLA-OFT directory (or evaluate an openvla main model, whose backbone.path is used)")
@@ -87,6 +88,14 @@ def load_oft_model(cfg: EvalConfig, main_config: dict[str, Any] | None,
     obs = ObsSpec(cameras=("agentview", "eye_in_hand"), image_size=model.vla.spec.towers[0].image_size,
                   object_pos=False, image_pipeline="oft", camera_size=camera_size)
     return model, obs
+
+
+def oft_root(cfg: EvalConfig, main_config: dict[str, Any] | None) -> str | None:
+    """The OpenVLA-OFT directory of the `oft` mode: cfg.oft_checkpoint, else an openvla main's backbone.path."""
+    backbone = (main_config or {}).get("model", {}).get("backbone", {})
+    if cfg.oft_checkpoint is None and backbone.get("kind") == "openvla":
+        return backbone.get("path")
+    return cfg.oft_checkpoint
 
 
 def load_rsd_models(cfg: EvalConfig) -> dict[str, Any]:
@@ -118,8 +127,27 @@ def load_rsd_models(cfg: EvalConfig) -> dict[str, Any]:
         draft, _ = load_draft(draft_art.spec, registry, main_spec=main_art.spec)
     draft_spec = draft_art.spec if draft_art else None
     print(f"eval: main {main_art.spec}, tokenizer {tok_art.spec}, draft {draft_spec}")
+    identity = {"main": main_art.identity(), "tokenizer": tok_art.identity()}
+    if draft_art is not None:
+        identity["draft"] = draft_art.identity()
     return {"tokenizer": tokenizer, "normalizer": normalizer, "main": main, "draft": draft,
-            "main_config": main_art.config}
+            "main_config": main_art.config, "identity": identity}
+
+
+def oft_identity(cfg: EvalConfig, main_config: dict[str, Any] | None) -> str:
+    """How the episode records name the OpenVLA-OFT checkpoint (loaded already): its folder and the names and sizes
+    of its weight files (hashing 15 GB at every start would cost more than the check is worth)."""
+    root = Path(str(oft_root(cfg, main_config))).resolve()
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".pt", ".bin") and p.is_file())
+    return f"{root} " + ", ".join(f"{p.relative_to(root)} {p.stat().st_size}" for p in files)
+
+
+def models_used(mode: str, identity: dict[str, str]) -> dict[str, str]:
+    """The part of `identity` that decodes `mode`: oft's checkpoint, or main and tokenizer (and the draft for
+    the modes that use one)."""
+    keys = ("oft",) if mode == "oft" else ("main", "tokenizer", "draft") if mode in DRAFT_MODES else ("main",
+                                                                                                     "tokenizer")
+    return {key: identity[key] for key in keys if key in identity}
 
 
 def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:

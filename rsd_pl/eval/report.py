@@ -184,8 +184,19 @@ def build_report(records: list[dict[str, Any]], reference_mode: str = "ar") -> d
                "error": (r.get("error") or "").strip().splitlines()[-1:]}
               for r in records if r["status"] == "error"]
     return {"episodes": len(records), "modes": modes, "suites": suites, "tasks": tasks,
+            "models": models_named(records),
             "paired": paired_comparisons(records, list(modes), reference_mode),
             "speedup": speedup(modes), "speedups": speedups(records, modes), "errors": errors}
+
+
+def models_named(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"main": ["main@1 <created> sha256:..."], ...} over the records that name their models, and how many don't."""
+    named: dict[str, list[str]] = {}
+    for record in records:
+        for key, value in (record.get("models") or {}).items():
+            if value not in named.setdefault(key, []):
+                named[key].append(value)
+    return {"named": named, "unnamed": sum(1 for r in records if r.get("models") is None)}
 
 
 def _fmt(value: float, spec: str = ".1f") -> str:
@@ -221,6 +232,7 @@ def markdown(report: dict[str, Any]) -> str:
     """Markdown: success with intervals and paired tests, decoding cost, speedups, plots, suites,
     tasks, acceptance by depth, errors."""
     lines = ["# Evaluation report", "", f"{report['episodes']} episodes. Success rates with Wilson 95% intervals."]
+    lines += _models_lines(report.get("models") or {})
     lines += _success_lines(report["modes"], report["paired"])
     lines += ["", "## Decoding cost", "",
               "| mode | success | timeouts | errors | chunks | latency mean ms | p50 ms | p95 ms "
@@ -252,6 +264,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"- {e['mode']} {e['suite']} task {e['task_id']} trial {e['trial']}: "
                   f"{' '.join(e['error'])}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _models_lines(models: dict[str, Any]) -> list[str]:
+    named = models.get("named") or {}
+    if not named:
+        return []
+    lines = ["", "Models: " + "; ".join(f"{key} `{v}`" for key, values in named.items() for v in values) + "."]
+    if models.get("unnamed"):
+        lines[-1] += f" {models['unnamed']} earlier runs do not name theirs."
+    return lines
 
 
 def _success_lines(modes: dict[str, dict[str, Any]], paired: dict[str, Any]) -> list[str]:

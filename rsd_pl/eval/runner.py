@@ -104,6 +104,9 @@ class EpisodeResult:
     run: str | None = None
     """The eval process that ran it (start time, pid, random suffix; set by the loop): speed ratios pair only
     episodes of one run (rsd_pl.eval.stats.speedups)."""
+    models: dict[str, str] | None = None
+    """The models that decoded it (`eval.models.models_used`: "main@1 <created> sha256:<16 hex>", ...): a rerun
+    that loads other ones is refused (`eval.episodes.check_same_models`)."""
     path: dict[str, Any] | None = None
     """With EvalConfig.record_paths: per policy step, the end-effector xyz before the step (`eef`), the gripper
     command (`gripper`, -1 open / +1 close) and the xyz of the object the goal picks (`object`, named in

@@ -24,7 +24,8 @@ class EvalSession:
     """Models loaded once for one or several evaluation runs over the same weights."""
 
     models: dict[str, Any]
-    """{"tokenizer", "normalizer", "main", "draft", "oft"} (absent ones None): `eval.models.load_models`."""
+    """{"tokenizer", "normalizer", "main", "draft", "oft"} (absent ones None) and "identity", their names:
+    `eval.models.load_models`."""
     obs: ObsSpec
     """What the models observe (cameras, image side, object_pos, image pipeline, render side)."""
 
@@ -54,7 +55,7 @@ class EvalSession:
 
     def run(self, cfg: EvalConfig, make_policy: Any | None = None) -> dict[str, Any] | None:
         """One evaluation run (resumable, under the output folder's lock); the report on rank 0, else None."""
-        return run_eval(cfg, self.modules, make_policy or self.policies(cfg), self.obs)
+        return run_eval(cfg, self.modules, make_policy or self.policies(cfg), self.obs, self.models.get("identity"))
 
 
 def quiet_library_notices() -> None:
