@@ -13,11 +13,11 @@ from torch import nn
 from rsd_pl.decoding.stats import ChunkStats, StatsAggregator
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.cli import parse_config
-from rsd_pl.eval.config import EvalConfig, ObsSpec, validate_config
+from rsd_pl.eval.config import EvalConfig, ObsSpec, models_used, validate_config
 from rsd_pl.eval.episode_log import merge_rank_files
 from rsd_pl.eval.episodes import check_same_models, count_runs, episode_list, pending_items
 from rsd_pl.eval.loop import run_eval
-from rsd_pl.eval.models import load_models, models_used, obs_spec_from_config
+from rsd_pl.eval.models import load_models, obs_spec_from_config
 from rsd_pl.eval.report import EPISODES_FILE, read_episodes
 from rsd_pl.registry import Registry
 

@@ -192,3 +192,10 @@ def decoding_for(cfg: EvalConfig, mode: str) -> DecodingConfig:
     early_exit = cfg.decoding.early_exit_bound if mode == "speculative" else None
     return dataclasses.replace(cfg.decoding, mode=mode, early_exit_bound=early_exit)
 
+
+def models_used(mode: str, identity: dict[str, str]) -> dict[str, str]:
+    """The part of `identity` that decodes `mode`: oft's checkpoint, or main and tokenizer (and the draft for
+    the modes that use one)."""
+    keys = ("oft",) if mode == "oft" else ("main", "tokenizer", "draft") if mode in DRAFT_MODES else ("main",
+                                                                                                     "tokenizer")
+    return {key: identity[key] for key in keys if key in identity}

@@ -3,7 +3,7 @@ with the modes to run on it), `pending_items` (without the runs the folder's `ep
 rerun resumes), `check_same_models` (a rerun that loads other models than the logged runs name is refused) and
 `output_lock` (one writing process per folder).
 
-Imports: eval.config, eval.episode_log, eval.models (torch), rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's
+Imports: eval.config, eval.episode_log, rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's
 rank only.
 """
 
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rsd_pl.errors import RsdError
-from rsd_pl.eval.config import EvalConfig
+from rsd_pl.eval.config import EvalConfig, models_used
 from rsd_pl.eval.episode_log import EPISODES_FILE, episode_key, read_episodes
-from rsd_pl.eval.models import models_used
 
 
 def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rsd_pl.envs import SHADOWS
 from rsd_pl.errors import RsdError
-from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec
+from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec, models_used
 from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
 from rsd_pl.eval.episodes import check_same_models, count_runs, episode_list, output_lock, pending_items
 from rsd_pl.eval.report import write_report
@@ -139,8 +139,6 @@ class EvalModule(L.LightningModule):
             result.video = str(self._write_video(result))
         result.run = self._run_id
         if self.identity:
-            from rsd_pl.eval.models import models_used
-
             result.models = models_used(result.mode, self.identity)
         record = result.to_json()
         self._log.append(record)

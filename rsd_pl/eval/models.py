@@ -142,14 +142,6 @@ def oft_identity(cfg: EvalConfig, main_config: dict[str, Any] | None) -> str:
     return f"{root} " + ", ".join(f"{p.relative_to(root)} {p.stat().st_size}" for p in files)
 
 
-def models_used(mode: str, identity: dict[str, str]) -> dict[str, str]:
-    """The part of `identity` that decodes `mode`: oft's checkpoint, or main and tokenizer (and the draft for
-    the modes that use one)."""
-    keys = ("oft",) if mode == "oft" else ("main", "tokenizer", "draft") if mode in DRAFT_MODES else ("main",
-                                                                                                     "tokenizer")
-    return {key: identity[key] for key in keys if key in identity}
-
-
 def obs_spec_from_config(config: dict[str, Any], source: str) -> ObsSpec:
     """Cameras, image side and object_pos as the main model was trained.
 
