@@ -67,3 +67,9 @@ def test_openvla_fit_export_and_eval_every_mode(tmp_path, oft_fixture):
     assert by_mode["oft"]["main_forwards"] == 2 and by_mode["ar"]["main_forwards"] == 16
     assert by_mode["speculative"]["draft_forwards"] > 0
     assert (out / "report.md").is_file()
+    # each record names what decoded it: OFT's checkpoint by folder and weight files, RSD's models by spec and sha256
+    assert list(by_mode["oft"]["models"]) == ["oft"] and str(ckpt.resolve()) in by_mode["oft"]["models"]["oft"]
+    assert by_mode["oft"]["models"]["oft"].count(".safetensors ") >= 1
+    assert set(by_mode["ar"]["models"]) == {"main", "tokenizer"}
+    assert set(by_mode["speculative"]["models"]) == {"main", "tokenizer", "draft"}
+    assert by_mode["ar"]["models"]["main"].startswith(f"{main.spec} {main.created} sha256:")
