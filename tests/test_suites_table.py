@@ -175,3 +175,27 @@ def test_the_paraphrase_at_the_clean_init_states_is_a_perturbation_of_its_own(ro
     assert ("paraphrase", "ar") not in rows
     text = suites_table.markdown(table)
     assert text.index("| libero_spatial | lan | ar |") < text.index("| libero_spatial | paraphrase | l1 |")
+
+
+def test_libero_pro_rows_of_several_suites_are_pooled_into_an_all_suites_row(root):
+    """Each suite's pairs (same task and trial) together: one McNemar test over all of them, never a mean of rates."""
+    folder, records, pro = root
+    objects = [{**r, "suite": "libero_object_lan", "status": "success", "success": True}
+               for r in records if r["suite"] == "libero_object" and r["trial"] < 4]
+    (folder / "libero_object" / "pro").mkdir()
+    _write(folder / "libero_object" / "pro", objects)
+    table = suites_table.build(folder)
+    rows = {(r["suite"], r["perturbation"], r["mode"]): r for r in table["pro"]}
+    for mode in ("l1", "ar_exit", "speculative"):
+        spatial, obj = rows["libero_spatial", "lan", mode], rows["libero_object", "lan", mode]
+        pooled = rows[suites_table.ALL_SUITES, "lan", mode]
+        assert pooled["perturbed"]["trials"] == spatial["perturbed"]["trials"] + obj["perturbed"]["trials"]
+        assert pooled["clean"]["successes"] == spatial["clean"]["successes"] + obj["clean"]["successes"]
+        assert pooled["perturbed"]["successes"] == spatial["perturbed"]["successes"] + obj["perturbed"]["successes"]
+        mine = [succeeded(r) for r in pro if r["mode"] == mode] + [True] * obj["perturbed"]["trials"]
+        clean = [succeeded(r) for r in records if r["mode"] == mode and r["trial"] < 4
+                 and r["suite"] in ("libero_spatial", "libero_object")]
+        assert pooled["vs_clean"]["difference"] == pytest.approx((sum(mine) - sum(clean)) / len(mine))
+    assert not [key for key in rows if key[0] == suites_table.ALL_SUITES and key[1] != "lan"]
+    suites_table.write(folder)
+    assert "| all suites | lan | l1 |" in (folder / "suites.md").read_text()

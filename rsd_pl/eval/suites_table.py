@@ -41,6 +41,8 @@ SUITE_ORDER = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 OFT_PUBLISHED = {"libero_spatial": 97.6, "libero_object": 98.4, "libero_goal": 97.9, "libero_10": 94.5,
                  "average": 97.1}
 """OpenVLA-OFT's published success (%), 500 episodes per suite (Kim et al. 2025, Table I): for reference only."""
+ALL_SUITES = "all suites"
+"""The suite of the pooled LIBERO-PRO rows: every suite's pairs of one perturbation and mode together."""
 PERTURBATIONS = ("lan", PARAPHRASE, *(p for p in PRO_PERTURBATIONS if p != "lan"))  # lan and its control first
 REPLAY_NOTE = (" `replay`: the blind floor, one training demo per task replayed open loop from the same init states "
                "without looking (`python -m rsd_pl replay`).")
@@ -120,8 +122,10 @@ def build(root: Path) -> dict[str, Any]:
 
 
 def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Clean against each LIBERO-PRO perturbation, per suite and mode, paired on the same task and trial."""
+    """Clean against each LIBERO-PRO perturbation, per suite and mode, paired on the same task and trial; then, for
+    a perturbation and mode that two or more suites ran, an `all suites` row over their pairs pooled."""
     rows = []
+    pooled: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
     for suite, clean_records in suites.items():
         folder = root / suite / "pro"
         if not (folder / "episodes.jsonl").is_file():
@@ -147,6 +151,18 @@ def pro_comparison(root: Path, suites: dict[str, list[dict[str, Any]]]) -> list[
                 rows.append({"suite": suite, "perturbation": perturbation, "mode": mode, "planned": planned,
                              "clean": _rate(sum(clean[k] for k in shared), len(shared)),
                              "perturbed": _rate(sum(mine[k] for k in shared), len(shared)), "vs_clean": test})
+                pooled.setdefault((perturbation, mode), []).extend((mine[k], clean[k]) for k in shared)
+    for perturbation in PERTURBATIONS:
+        for mode in dict.fromkeys(row["mode"] for row in rows):
+            mine = [row for row in rows if row["perturbation"] == perturbation and row["mode"] == mode]
+            if len(mine) < 2:
+                continue
+            pairs = pooled[perturbation, mode]
+            rows.append({"suite": ALL_SUITES, "perturbation": perturbation, "mode": mode,
+                         "planned": sum(row["planned"] for row in mine),
+                         "clean": _rate(sum(c for _, c in pairs), len(pairs)),
+                         "perturbed": _rate(sum(p for p, _ in pairs), len(pairs)),
+                         "vs_clean": paired_success_test([p for p, _ in pairs], [c for _, c in pairs])})
     return rows
 
 
@@ -206,8 +222,10 @@ def markdown(table: dict[str, Any]) -> str:
                   "(1.5-3 cm from clean trial k for lan and object): a difference mixes the perturbation with new "
                   "placements. paraphrase: lan's words in the clean scene at the clean init states, so trial k is "
                   "clean trial k with only the words changed. The `replay` rows (the blind floor, which ignores the "
-                  "instruction) show what the new placements alone do to a policy that does not look. A row marked "
-                  "partial has not yet run every task on the trials the step runs.", "",
+                  "instruction) show what the new placements alone do to a policy that does not look. `all suites`: "
+                  "the pairs of every suite that ran the perturbation in that mode, pooled (a mean over the pairs, so "
+                  "a suite weighs by its episodes). A row marked partial has not yet run every task on the trials the "
+                  "step runs.", "",
                   "| suite | perturbation | mode | clean | perturbed | difference |", "|---|---|---|---|---|---|"]
         for row in table["pro"]:
             done, planned = row["perturbed"]["trials"], row["planned"]
