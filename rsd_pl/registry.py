@@ -84,9 +84,9 @@ class Artifact:
             raise RsdError(f"{self.spec}: cannot read {weights}: {error}") from error
 
     def identity(self) -> str:
-        """`name@version created sha256:<16 hex of the weights>`: what an evaluation names its model by, so a
-        resumed run with another model (a refit, another machine's registry) is refused, not mixed in."""
-        return f"{self.spec} {self.created} sha256:{(weights_sha256(self.path) or '(no weights)')[:16]}"
+        """`name@version sha256:<16 hex of the weights>`: what an evaluation names its model by, so a resumed run
+        with other weights (a refit, another machine's registry) is refused, not mixed in."""
+        return f"{self.spec} sha256:{(weights_sha256(self.path) or '(no weights)')[:16]}"
 
     def read_json(self, key: str) -> dict[str, Any]:
         """An extra json file of the artifact, e.g. ``read_json("stats")`` -> stats.json."""

@@ -54,8 +54,8 @@ def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
 
 
 def check_same_models(cfg: EvalConfig, identity: dict[str, str]) -> None:
-    """Refuse to resume into cfg.out when a logged run was decoded by another model than this run loads (a
-    refit, another machine's registry, another OFT checkpoint): its success rates would mix two models.
+    """Refuse to resume into cfg.out when a logged run was decoded by other weights than this run loads (a refit,
+    another machine's registry, another OFT checkpoint): its success rates would mix two models.
     Runs logged before the records named their models cannot be checked; they are counted, and said."""
     unnamed = 0
     for record in read_episodes(cfg.out):
@@ -65,7 +65,7 @@ def check_same_models(cfg: EvalConfig, identity: dict[str, str]) -> None:
             continue
         now = models_used(record["mode"], identity)
         for key in logged.keys() & now.keys():
-            if logged[key] != now[key]:
+            if not same_model(logged[key], now[key]):
                 raise RsdError(
                     f"{Path(cfg.out) / EPISODES_FILE}: {record['suite']} task {record['task_id']} trial "
                     f"{record['trial']} {record['mode']} was decoded by {key} {logged[key]}, but this run loads "
@@ -73,6 +73,13 @@ def check_same_models(cfg: EvalConfig, identity: dict[str, str]) -> None:
     if unnamed:
         print(f"eval: {unnamed} runs in {Path(cfg.out) / EPISODES_FILE} predate the records naming their models; "
               "they are taken to be this run's")
+
+
+def same_model(logged: str, loaded: str) -> bool:
+    """Two model names of `eval.models.load_models` name the same weights: the same sha256 where both carry one (a
+    re-export of the same weights under another version is the same model), else the same text (OFT's folder)."""
+    digests = [name.split("sha256:")[-1] if "sha256:" in name else None for name in (logged, loaded)]
+    return digests[0] == digests[1] if None not in digests else logged == loaded
 
 
 def count_runs(items: list[dict[str, Any]]) -> int:

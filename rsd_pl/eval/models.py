@@ -40,7 +40,7 @@ def load_models(cfg: EvalConfig) -> tuple[dict[str, Any], ObsSpec]:
     """The models the modes need: the RSD ones from the registry (lineage checked), OFT's from its directory.
 
     Returns ({"tokenizer", "normalizer", "main", "draft", "oft", "identity"}, ObsSpec); absent models are None;
-    "identity" names each loaded model ({"main": "main@1 <created> sha256:...", ...}) for the episode records.
+    "identity" names each loaded model ({"main": "main@1 sha256:...", ...}) for the episode records.
     RsdError for an unknown name, a tokenizer other than the one main was trained on, a draft
     distilled from another main, an `oft` checkpoint missing or observing differently from main.
     """

@@ -105,7 +105,7 @@ class EpisodeResult:
     """The eval process that ran it (start time, pid, random suffix; set by the loop): speed ratios pair only
     episodes of one run (rsd_pl.eval.stats.speedups)."""
     models: dict[str, str] | None = None
-    """The models that decoded it (`eval.config.models_used`: "main@1 <created> sha256:<16 hex>", ...): a rerun
+    """The models that decoded it (`eval.config.models_used`: "main@1 sha256:<16 hex>", ...): a rerun
     that loads other ones is refused (`eval.episodes.check_same_models`)."""
     path: dict[str, Any] | None = None
     """With EvalConfig.record_paths: per policy step, the end-effector xyz before the step (`eef`), the gripper
