@@ -3,7 +3,8 @@ with the modes to run on it), `pending_items` (without the runs the folder's `ep
 rerun resumes), `check_same_models` (a rerun that loads other models than the logged runs name is refused) and
 `output_lock` (one writing process per folder).
 
-Imports: eval.config, eval.episode_log, rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's rank only.
+Imports: eval.config, eval.episode_log, rsd_pl.durable, rsd_pl.envs (suite tables); Lightning's
+rank only.
 """
 
 from __future__ import annotations
@@ -40,11 +41,10 @@ def episode_list(cfg: EvalConfig) -> list[dict[str, Any]]:
 
 
 
-def pending_items(cfg: EvalConfig, logged: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The episode list without the (suite, task, trial, mode) runs already logged under cfg.out (`logged`, when the
-    caller has read them already; errored runs count as not done when cfg.retry_errors)."""
-    logged = read_episodes(cfg.out) if logged is None else logged
-    done = {episode_key(r) for r in logged if not (cfg.retry_errors and r["status"] == "error")}
+def pending_items(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The episode list without the (suite, task, trial, mode) runs already logged under cfg.out
+    (errored runs count as not done when cfg.retry_errors)."""
+    done = {episode_key(r) for r in read_episodes(cfg.out) if not (cfg.retry_errors and r["status"] == "error")}
     items = []
     for item in episode_list(cfg):
         modes = [m for m in item["modes"] if episode_key({**item, "mode": m}) not in done]
@@ -53,22 +53,22 @@ def pending_items(cfg: EvalConfig, logged: list[dict[str, Any]] | None = None) -
     return items
 
 
-def check_same_models(cfg: EvalConfig, identity: dict[str, str], logged: list[dict[str, Any]] | None = None) -> None:
+def check_same_models(cfg: EvalConfig, identity: dict[str, str]) -> None:
     """Refuse to resume into cfg.out when a logged run was decoded by other weights than this run loads (a refit,
     another machine's registry, another OFT checkpoint): its success rates would mix two models.
     Runs logged before the records named their models cannot be checked; they are counted, and said."""
     unnamed = 0
-    for record in read_episodes(cfg.out) if logged is None else logged:
-        named = record.get("models")
-        if named is None:
+    for record in read_episodes(cfg.out):
+        logged = record.get("models")
+        if logged is None:
             unnamed += 1
             continue
         now = models_used(record["mode"], identity)
-        for key in named.keys() & now.keys():
-            if not same_model(named[key], now[key]):
+        for key in logged.keys() & now.keys():
+            if not same_model(logged[key], now[key]):
                 raise RsdError(
                     f"{Path(cfg.out) / EPISODES_FILE}: {record['suite']} task {record['task_id']} trial "
-                    f"{record['trial']} {record['mode']} was decoded by {key} {named[key]}, but this run loads "
+                    f"{record['trial']} {record['mode']} was decoded by {key} {logged[key]}, but this run loads "
                     f"{now[key]}: evaluate into another out folder, or load the same {key}")
     if unnamed:
         print(f"eval: {unnamed} runs in {Path(cfg.out) / EPISODES_FILE} predate the records naming their models; "

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from rsd_pl.envs import SHADOWS
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec, models_used
-from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files, read_episodes
+from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
 from rsd_pl.eval.episodes import check_same_models, count_runs, episode_list, output_lock, pending_items
 from rsd_pl.eval.report import write_report
 from rsd_pl.eval.runner import EpisodeResult, new_run_id, run_episode, video_larger_than_cameras
@@ -199,10 +199,9 @@ def run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsS
 def _run_eval(cfg: EvalConfig, models: nn.ModuleDict, make_policy: Any, obs: ObsSpec,
               identity: dict[str, str]) -> dict[str, Any] | None:
     out_dir = Path(cfg.out)
-    logged = read_episodes(out_dir)  # read once: the model check and what is left to run
     if identity:
-        check_same_models(cfg, identity, logged)
-    items = pending_items(cfg, logged)
+        check_same_models(cfg, identity)
+    items = pending_items(cfg)
     total, pending = count_runs(episode_list(cfg)), count_runs(items)
     print(f"eval: {total - pending}/{total} episode runs (episode x mode) already in "
           f"{out_dir / EPISODES_FILE}, {pending} to run on {len(items)} episodes")
