@@ -245,12 +245,23 @@ class Registry:
 
 # ----- helpers ---------------------------------------------------------------------------------
 def weights_sha256(version: Path) -> str | None:
-    """sha256 of a version folder's weights, streamed (a 7B main is 15 GB); None if absent."""
+    """sha256 of the tensors in a version folder's weights (None if absent): the header's tensor entries (names,
+    dtypes, shapes, offsets) as sorted JSON, then the data, streamed (a 7B main is 15 GB). Not of the file's bytes:
+    safetensors writes the `__metadata__` keys in no fixed order, so the same weights saved twice can differ there.
+    Hand-written: safetensors offers no digest of its content."""
     weights = Path(version) / WEIGHTS_FILE
     if not weights.is_file():
         return None
     with open(weights, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        try:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            header.pop("__metadata__", None)
+        except (ValueError, AttributeError, MemoryError, OverflowError) as error:
+            raise RsdError(f"{weights}: not a safetensors file (its header does not parse: {error})") from error
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

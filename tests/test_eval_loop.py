@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -19,7 +18,7 @@ from rsd_pl.eval.episodes import check_same_models, count_runs, episode_list, pe
 from rsd_pl.eval.loop import run_eval
 from rsd_pl.eval.models import load_models, obs_spec_from_config
 from rsd_pl.eval.report import EPISODES_FILE, read_episodes
-from rsd_pl.registry import Registry
+from rsd_pl.registry import Registry, weights_sha256
 
 
 def _cfg(tmp_path, **overrides) -> EvalConfig:
@@ -221,8 +220,7 @@ def test_load_models_follows_lineage_and_training_obs(tmp_path, tiny_registry):
     registry = Registry(tiny_registry)
     for key, spec in (("main", "main@1"), ("tokenizer", "rfsq@1"), ("draft", "draft@1")):
         art = registry.resolve(spec)
-        digest = hashlib.sha256((art.path / "weights.safetensors").read_bytes()).hexdigest()
-        assert models["identity"][key] == f"{spec} sha256:{digest[:16]}"
+        assert models["identity"][key] == f"{spec} sha256:{weights_sha256(art.path)[:16]}"
     other, _ = load_models(_cfg(tmp_path, registry=str(tiny_registry), main="main@2", draft=None))
     assert set(other["identity"]) == {"main", "tokenizer"} and other["identity"]["main"].startswith("main@2 ")
     assert other["identity"]["main"].split()[-1] != models["identity"]["main"].split()[-1]

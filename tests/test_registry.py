@@ -104,6 +104,26 @@ def test_tensor_round_trip_is_exact(tmp_path: Path) -> None:
         assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
 
 
+def test_identity_is_a_digest_of_the_tensors_not_of_the_file(tmp_path: Path) -> None:
+    """The same weights exported twice are one model (an eval resumed after a re-export is not refused), though the
+    files differ in their metadata; another tensor, or the same bytes under another dtype, is another model."""
+    reg = Registry(tmp_path)
+    first, again = _export(reg, loss=1.0), _export(reg, loss=1.0)
+    files = [(art.path / registry_module.WEIGHTS_FILE).read_bytes() for art in (first, again)]
+    assert files[0] != files[1]  # version 1 and 2 in __metadata__
+    digests = [registry_module.weights_sha256(art.path) for art in (first, again)]
+    assert digests[0] == digests[1] and len(digests[0]) == 64
+    assert first.identity() == f"rfsq@1 sha256:{digests[0][:16]}" and again.identity().endswith(digests[0][:16])
+    changed = {**_tensors(1000), "scale": torch.tensor(0.25, dtype=torch.float64)}
+    other = reg.export("other", changed, {}, {}, {})
+    retyped = {**_tensors(1000), "codes": _tensors(1000)["codes"].view(torch.float64)}
+    same_bytes = reg.export("other", retyped, {}, {}, {})
+    assert len({digests[0], *(registry_module.weights_sha256(a.path) for a in (other, same_bytes))}) == 3
+    (other.path / registry_module.WEIGHTS_FILE).write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(RsdError, match="weights.safetensors: not a safetensors file"):
+        other.identity()
+
+
 def test_crash_during_export_leaves_index_and_versions_intact(tmp_path: Path, monkeypatch) -> None:
     reg = Registry(tmp_path)
     _export(reg, loss=0.5)
