@@ -117,3 +117,24 @@ def test_bootstrap_interval_shrinks_with_episodes_and_is_seeded():
 def test_bootstrap_with_no_episodes_is_nan():
     empty = stats.bootstrap_latency_ratio([], [], resamples=10)
     assert empty["episodes"] == 0 and all(math.isnan(v) for v in empty["mean"].values())
+
+
+def test_mean_rate_interval_is_the_pooled_wilson_with_equal_trials_and_holds_the_mean_otherwise():
+    # one group, and groups of equal trials: the Wilson interval of the (pooled) counts, to the digit
+    assert stats.mean_rate_interval([(19, 100)]) == pytest.approx((0.19, *stats.wilson_interval(19, 100)))
+    for counts in ([(400, 500), (440, 500), (329, 500), (97, 500)], [(0, 50), (0, 50)], [(50, 50), (50, 50)]):
+        successes, trials = sum(s for s, _ in counts), sum(n for _, n in counts)
+        assert stats.mean_rate_interval(counts) == pytest.approx(
+            (successes / trials, *stats.wilson_interval(successes, trials)), abs=1e-12)
+    # a suite part-way through: 248/500 and 19/102 average 34.1%, which the pooled counts' interval (40-48%)
+    # misses; the effective-sample-size interval holds it, and is wider than either group's alone would suggest
+    # of 602 independent trials
+    mean, low, high = stats.mean_rate_interval([(248, 500), (19, 102)])
+    assert mean == pytest.approx((248 / 500 + 19 / 102) / 2)
+    pooled_low, pooled_high = stats.wilson_interval(267, 602)
+    assert not pooled_low <= mean <= pooled_high
+    assert low < mean < high and high - low > pooled_high - pooled_low
+    # its effective sample size: sqrt of the mean's variance is the normal half-width / z, near enough at this n
+    sd = math.sqrt((0.496 * 0.504 / 500 + (19 / 102) * (1 - 19 / 102) / 102) / 4)
+    assert (high - low) / 2 == pytest.approx(Z * sd, rel=0.05)
+    assert all(math.isnan(v) for v in stats.mean_rate_interval([(0, 0)]))

@@ -11,7 +11,7 @@ from test_report import _write, realistic_log
 from rsd_pl.errors import RsdError
 from rsd_pl.eval import suites_table
 from rsd_pl.eval.report import build_report
-from rsd_pl.eval.stats import succeeded, wilson_interval
+from rsd_pl.eval.stats import mean_rate_interval, succeeded
 
 
 @pytest.fixture
@@ -50,7 +50,12 @@ def test_rows_equal_each_suites_own_report_and_the_average_is_the_papers(root):
     rates = [table["suites"][s]["modes"]["l1"]["rate"] for s in table["suites"]]
     assert average["rate"] == pytest.approx(np.mean(rates))
     l1 = [r for r in records if r["mode"] == "l1"]
-    assert average["ci"] == pytest.approx(list(wilson_interval(sum(succeeded(r) for r in l1), len(l1))))
+    counts = [(sum(succeeded(r) for r in l1 if r["suite"] == s), sum(r["suite"] == s for r in l1))
+              for s in table["suites"]]
+    assert counts[0][1] != counts[1][1]  # the suites ran different numbers of trials: the interval is the mean's
+    assert average["ci"] == pytest.approx(list(mean_rate_interval(counts)[1:]))
+    assert average["ci"][0] < average["rate"] < average["ci"][1]
+    assert (average["successes"], average["trials"]) == (sum(succeeded(r) for r in l1), len(l1))
     vs_ar = table["suites"]["libero_spatial"]["modes"]["l1"]["vs_ar"]  # paired on trials 0-3 only
     assert vs_ar["episodes"] == table["suites"]["libero_spatial"]["modes"]["ar"]["trials"]
     vs_l1 = table["suites"]["libero_spatial"]["modes"]["ar_exit"]["vs_l1"]  # the two long modes: trials 0-7

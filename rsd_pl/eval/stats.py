@@ -48,6 +48,33 @@ def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE)
     return (float(interval.low), float(interval.high))
 
 
+def mean_rate_interval(counts: Sequence[tuple[int, int]], confidence: float = CONFIDENCE
+                       ) -> tuple[float, float, float]:
+    """(mean, low, high): the unweighted mean of several groups' success rates (the papers' average over suites),
+    given (successes, trials) per group, with a Wilson interval at the mean's effective sample size.
+
+    The mean m = sum(p_i) / K has variance sum(p_i (1 - p_i) / n_i) / K^2. The Wilson interval is taken at
+    n_eff = m (1 - m) / variance (Kish's design effect, as Korn and Graubard apply it to survey proportions), capped
+    at the total trials N. With as many trials in every group this is the pooled counts' Wilson interval exactly;
+    with unequal trials it is centred on m, which the pooled counts' interval need not contain. Hand-written:
+    neither scipy nor numpy has it, and scipy's Wilson takes integer counts only.
+    """
+    counts = [(s, n) for s, n in counts if n > 0]
+    if not counts:
+        return (math.nan, math.nan, math.nan)
+    rates = [s / n for s, n in counts]
+    mean, total = sum(rates) / len(rates), sum(n for _, n in counts)
+    variance = sum(p * (1 - p) / n for p, (_, n) in zip(rates, counts, strict=True)) / len(counts) ** 2
+    n_eff = total if variance <= 0 else min(total, mean * (1 - mean) / variance)
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    shrink = 1 + z * z / n_eff
+    centre = (mean + z * z / (2 * n_eff)) / shrink
+    half = z / shrink * math.sqrt(mean * (1 - mean) / n_eff + z * z / (4 * n_eff * n_eff))
+    return (mean, max(0.0, centre - half), min(1.0, centre + half))
+
+
 def mcnemar_exact(mode_only: int, reference_only: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs: episodes only the mode solved
     (`mode_only`) and only the reference solved (`reference_only`); 1.0 when there are none."""

@@ -6,8 +6,9 @@ LIBERO-PRO's perturbed suites) and `<root>/<suite>/replay/episodes.jsonl` (the b
 row like a mode's). Writes `<root>/suites.md`, `<root>/suites.json` and `<root>/suites.png` (and `suites_pro.png`):
 
 - success per suite and mode (successes / trials, Wilson 95% interval) and the average over the suites
-  (the mean of the suites' rates, as the papers average; its interval is the Wilson interval of the pooled
-  counts, exact when every suite ran as many trials);
+  (the mean of the suites' rates, as the papers average; its interval is the Wilson interval at that mean's
+  effective sample size, `stats.mean_rate_interval`: the pooled counts' interval when every suite ran as many
+  trials, and centred on the mean when a suite ran fewer);
 - each mode against `ar` on the episodes both ran (same suite, task and trial: Newcombe 95% interval,
   exact McNemar p), per suite and pooled; and against the regression baseline `l1`, which with `ar` and `ar_exit`
   runs all 50 init states, so the token modes meet the baseline on 500 episodes per suite;
@@ -35,7 +36,7 @@ from rsd_pl.eval.benchmark_table import DPI, save_table, table_main
 from rsd_pl.eval.episode_log import read_episodes
 from rsd_pl.eval.plots import mode_color
 from rsd_pl.eval.report import _fmt, _p_value, _points, build_report
-from rsd_pl.eval.stats import paired_success_test, succeeded, wilson_interval
+from rsd_pl.eval.stats import mean_rate_interval, paired_success_test, succeeded, wilson_interval
 
 SUITE_ORDER = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 OFT_PUBLISHED = {"libero_spatial": 97.6, "libero_object": 98.4, "libero_goal": 97.9, "libero_10": 94.5,
@@ -113,8 +114,9 @@ def build(root: Path) -> dict[str, Any]:
         }
     for mode in modes:
         rows = [s["modes"][mode] for s in table["suites"].values() if mode in s["modes"]]
-        pooled = _rate(sum(r["successes"] for r in rows), sum(r["trials"] for r in rows))
-        table["average"][mode] = {**pooled, "rate": sum(r["rate"] for r in rows) / len(rows),
+        rate, low, high = mean_rate_interval([(r["successes"], r["trials"]) for r in rows])
+        table["average"][mode] = {"successes": sum(r["successes"] for r in rows),
+                                  "trials": sum(r["trials"] for r in rows), "rate": rate, "ci": [low, high],
                                   "suites": len(rows), "vs_ar": _paired(everything, mode),
                                   "vs_l1": _paired(everything, mode, "l1")}
     table["pro"] = pro_comparison(root, suites)
@@ -182,8 +184,9 @@ def markdown(table: dict[str, Any]) -> str:
     suites, modes = list(table["suites"]), table["modes"]
     lines = ["# LIBERO: all suites", "",
              "Success (%) with the Wilson 95% interval and [episodes]. Average: the mean of the suites' rates (the "
-             "papers' average); its interval is the pooled counts' Wilson interval. OpenVLA-OFT: published, not "
-             "measured here." + (REPLAY_NOTE if "replay" in modes else ""), "",
+             "papers' average); its interval is the Wilson interval at the mean's effective sample size (the "
+             "pooled counts' when every suite ran as many episodes). OpenVLA-OFT: published, not measured here."
+             + (REPLAY_NOTE if "replay" in modes else ""), "",
              "| mode | " + " | ".join(suites) + " | average |", "|---" * (2 + len(suites)) + "|"]
     for mode in modes:
         cells = [_cell(table["suites"][s]["modes"][mode]) if mode in table["suites"][s]["modes"] else "-"
