@@ -16,6 +16,7 @@ overwritten.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import time
 from collections import deque
@@ -143,16 +144,30 @@ class Job:
 _WORKER_ENV: dict[tuple, LiberoEnv] = {}
 
 
-def run_job(job: Job) -> ExpertEpisode:
-    """Run one recorded expert episode, reusing this process's env when the task is the same."""
+def _close_worker_envs() -> None:
+    for env in _WORKER_ENV.values():
+        env.close()
+    _WORKER_ENV.clear()
+
+
+def worker_env(job: Job) -> LiberoEnv:
+    """This process's env for the job's task: the one it holds when the task is the same, else a new one."""
     key = (job.suite, job.task_id, job.image_size, job.cameras, job.seed)
     if key not in _WORKER_ENV:
-        for env in _WORKER_ENV.values():
-            env.close()
-        _WORKER_ENV.clear()
+        _close_worker_envs()
         _WORKER_ENV[key] = LiberoEnv(job.suite, job.task_id, camera_size=job.image_size, cameras=job.cameras,
                                      seed=job.seed)
-    env = _WORKER_ENV[key]
+        # close it at exit while EGL still runs: robosuite registers EGL's teardown with atexit on the first render
+        # context, and atexit runs last-registered first (left to the garbage collector, a second env's context
+        # frees itself after EGL is gone and prints EGLError tracebacks)
+        atexit.unregister(_close_worker_envs)
+        atexit.register(_close_worker_envs)
+    return _WORKER_ENV[key]
+
+
+def run_job(job: Job) -> ExpertEpisode:
+    """Run one recorded expert episode, reusing this process's env when the task is the same."""
+    env = worker_env(job)
     expert = expert_for(env.goal, job.grasp_side, env=env)
     if job.placement_seed is None:
         return run_expert_episode(env, job.init_state_index, job.max_steps, record=True, expert=expert)
@@ -347,6 +362,7 @@ def _collect(cfg: CollectConfig, tasks: list[int]) -> int:
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        _close_worker_envs()  # workers=1 ran the jobs in this process
     minutes = (time.time() - start) / 60
     episodes = sum(added + failed for _, added, failed in summary)
     for task_id, added, failed in summary:

@@ -220,3 +220,21 @@ def test_grasp_side_per_demo_is_reproducible_and_checked():
     assert allowed_sides(CollectConfig(grasp_side="centre")) == {0}
     with pytest.raises(RsdError, match="--grasp_side 'left'"):
         CollectConfig(grasp_side="left").validate()
+
+
+@pytest.mark.libero
+def test_a_worker_closes_its_env_before_egl_is_gone():
+    """A collect worker that moved to a second task holds that task's env until it exits; left to the garbage
+    collector at interpreter shutdown, its render context frees itself after EGL is gone and prints EGLError
+    tracebacks (measured: two per worker without the close at exit)."""
+    import subprocess
+    import sys
+
+    script = ("from rsd_pl import collect\n"
+              "for task in (0, 1):\n"
+              "    env = collect.worker_env(collect.Job('libero_spatial', task, 0, 32, ('agentview',), None, 0))\n"
+              "    env.reset(0)\n"
+              "print('two envs', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "two envs" in done.stdout, done.stderr[-2000:]
+    assert "EGLError" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-2000:]
