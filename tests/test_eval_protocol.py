@@ -125,3 +125,26 @@ def test_parallel_envs_give_the_same_greedy_episodes_as_one_env(tmp_path):
             np.testing.assert_allclose(batched, single, atol=1e-4)  # float noise of batched matmuls
             a, b = alone_results[episode], together_results[episode]
             assert (a.status, a.steps, a.main_forwards) == (b.status, b.steps, b.main_forwards)
+
+
+def test_env_workers_outlive_a_signal_to_the_process_group_and_close_with_the_pool():
+    """Ctrl-C, `timeout` and a scheduler signal the whole process group. The workers must ignore SIGINT and SIGTERM
+    (the main process stops between episodes and then closes them), and `close` must still end them."""
+    import os
+    import signal
+
+    from rsd_pl.eval.vector import EnvPool, EnvSpec
+
+    pool = EnvPool(1, EnvSpec(camera_size=None, cameras=(), shadows=False, image_size=16, image_pipeline="resize"))
+    process = pool.processes[0]
+    try:
+        status, reply = pool.call([0], "no_such_command")[0]  # the worker is up and answers (its import done)
+        assert status == "error" and "unknown worker command" in reply
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            os.kill(process.pid, sig)
+        status, reply = pool.call([0], "no_such_command")[0]
+        assert process.is_alive() and status == "error", reply
+    finally:
+        pool.close()
+    assert not process.is_alive() and process.exitcode == 0
+    pool.close()  # twice: a no-op (the eval loop closes the pool, then the exit handler would again)

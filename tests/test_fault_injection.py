@@ -246,10 +246,14 @@ def test_soak(tmp_path, synthetic_demo_file, random_registry):
 
 
 @pytest.mark.libero
-@pytest.mark.parametrize("num_envs", [pytest.param(1, marks=pytest.mark.soak), 2])
-def test_eval_stops_on_sigterm_keeps_its_log_and_resumes(tmp_path, random_registry, num_envs):
-    """`kill <pid>` (SIGTERM, to the main process only, as a scheduler's preemption sends it): Lightning catches the
-    signal, so eval itself must stop between episodes, with every finished episode logged whole."""
+# CI sends SIGTERM to the whole process group with two envs (the workers get it too, as from `timeout`, Ctrl-C's
+# SIGINT or a scheduler that signals every process of a job); to the main process alone in the soak
+@pytest.mark.parametrize(("num_envs", "target"), [pytest.param(1, "process", marks=pytest.mark.soak),
+                                                  pytest.param(2, "process", marks=pytest.mark.soak), (2, "group")])
+def test_eval_stops_on_sigterm_keeps_its_log_and_resumes(tmp_path, random_registry, num_envs, target):
+    """`kill <pid>` (SIGTERM to the main process, as `kill` sends it) or SIGTERM to its process group: Lightning catches
+    the signal, so eval itself must stop between episodes, with every finished episode logged whole; its env workers
+    ignore the signal, so the episodes in flight finish too."""
     out, log = tmp_path / "eval", tmp_path / "eval.log"
     cmd = eval_cmd(random_registry, out, num_envs, "[l1,ar]")
     cmd[cmd.index("--num_trials") + 1] = "4"
@@ -260,7 +264,7 @@ def test_eval_stops_on_sigterm_keeps_its_log_and_resumes(tmp_path, random_regist
             while not ((out / "episodes.jsonl").is_file() and (out / "episodes.jsonl").read_text().count("\n") >= 1):
                 assert proc.poll() is None and time.monotonic() - start < 240, log.read_text()[-3000:]
                 time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGTERM)
+            (os.kill if target == "process" else os.killpg)(proc.pid, signal.SIGTERM)  # the session's group id = pid
             rc = proc.wait(timeout=60)  # at most the episodes in flight finish first
         finally:
             if proc.poll() is None:

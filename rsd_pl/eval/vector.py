@@ -18,7 +18,9 @@ Imports: eval.runner (results, seeding), rsd_pl.envs in the workers; the policy 
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -41,13 +43,21 @@ class EnvSpec:
 
 def _worker(conn, spec: EnvSpec) -> None:
     """One LiberoEnv per process, built per task; commands: task, reset, batch, step, frame, close."""
+    # The main process owns stopping. A signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, a
+    # scheduler's preemption) reaches the workers too; ignored here, the episodes in flight finish, the main process
+    # stops between episodes (eval.loop) and closes the pool ("close", or SIGKILL after a grace period).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from rsd_pl.envs import LiberoEnv
     from rsd_pl.eval.runner import frame_of, seed_everything
 
     torch.set_num_threads(1)  # the workers only step and render; the engine runs in the main process
     env, key, obs = None, None, None
     while True:
-        command, args = conn.recv()
+        try:
+            command, args = conn.recv()
+        except EOFError:  # the main process is gone (killed): nothing left to do
+            return
         if command == "close":
             if env is not None:
                 env.close()
@@ -87,7 +97,9 @@ def _worker(conn, spec: EnvSpec) -> None:
 
 
 class EnvPool:
-    """`num_envs` worker processes (spawned: no forked render contexts or torch threads)."""
+    """`num_envs` worker processes (spawned: no forked render contexts or torch threads). The workers ignore SIGINT
+    and SIGTERM (see `_worker`), so the pool closes itself at exit, before multiprocessing's own exit handler, which
+    would otherwise wait forever on workers that ignore its SIGTERM."""
 
     def __init__(self, num_envs: int, spec: EnvSpec) -> None:
         if num_envs < 1:
@@ -100,6 +112,7 @@ class EnvPool:
             process.start()
             self.pipes.append(parent)
             self.processes.append(process)
+        atexit.register(self.close)  # after multiprocessing registered its handler at the first start: runs first
 
     def __len__(self) -> int:
         return len(self.pipes)
@@ -111,6 +124,8 @@ class EnvPool:
         return {i: self.pipes[i].recv() for i in indices}
 
     def close(self) -> None:
+        """Ask each worker to close its env and exit; SIGKILL one still running 10 s later. Idempotent."""
+        atexit.unregister(self.close)
         for pipe, process in zip(self.pipes, self.processes, strict=True):
             try:
                 pipe.send(("close", None))
@@ -118,7 +133,9 @@ class EnvPool:
                 pass
             process.join(timeout=10)
             if process.is_alive():
-                process.terminate()
+                process.kill()  # not terminate(): the workers ignore SIGTERM
+                process.join(timeout=10)
+        self.pipes, self.processes = [], []
 
 
 def stack_batches(batches: list[dict]) -> dict:
