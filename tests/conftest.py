@@ -11,7 +11,8 @@ import torch
 from rsd_pl.data.synthetic import INSTRUCTIONS, write_synthetic_demos
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread per pytest-xdist worker (scripts/test.sh runs two on two cores), else at most two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,8 @@ from safetensors.torch import load_file
 
 from rsd_pl.registry import Registry
 
+# kill moments are drawn from a reference run's wall time, so these run alone, never beside other tests
+pytestmark = pytest.mark.serial
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 KILLS = int(os.environ.get("RSD_FAULT_KILLS", "2"))
