@@ -9,6 +9,8 @@ per-folder writer lock.
 - `FolderLock` refuses a second process writing the same output folder (eval, sweep, collect), naming
   the folder and the process that holds it. It is an advisory `flock`, released by the kernel when the
   holder dies, so a killed run never leaves a stale lock behind.
+- `StopOnSigterm` turns SIGTERM (`kill <pid>`, a scheduler's preemption) into a stop between two units of work,
+  with a message saying where the finished ones are, instead of a silent death in the middle of one.
 
 Standard-library only, no rsd_pl imports beyond errors: anything may use it.
 """
@@ -19,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -201,3 +204,31 @@ class FolderLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+class StopOnSigterm:
+    """`with StopOnSigterm(where) as stop: ... stop.check()` between units of work: after a SIGTERM, `check` raises
+    `RsdError` naming `where` (what is kept there) and how to resume. The previous handler is restored on exit. In
+    the main thread only (Python delivers signals there); elsewhere it does nothing and SIGTERM keeps its default."""
+
+    def __init__(self, where: str | Path) -> None:
+        self.where, self.received, self._previous = str(where), False, None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __enter__(self) -> StopOnSigterm:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def check(self) -> None:
+        if self.received:
+            raise RsdError(f"stopped on SIGTERM; every finished episode is in {self.where}: rerun the same command "
+                           "to resume")

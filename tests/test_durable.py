@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -220,3 +221,28 @@ def test_checkpoints_are_written_under_a_temporary_name_then_renamed(tmp_path, m
     ((tmp, target),) = seen
     assert tmp.startswith(".last.ckpt.") and tmp.endswith(".partial") and target == "last.ckpt"
     assert torch.load(tmp_path / "ckpts" / "last.ckpt", weights_only=False)["step"] == 3
+
+
+def test_stop_on_sigterm_turns_the_signal_into_a_stop_between_units_and_gives_the_handler_back(tmp_path):
+    from rsd_pl.durable import StopOnSigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSigterm(tmp_path / "episodes.jsonl") as stop:
+        stop.check()  # nothing received: goes on
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal: the process lives on, the flag is set
+        with pytest.raises(RsdError, match=r"stopped on SIGTERM; every finished episode is in .*episodes.jsonl"):
+            stop.check()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    seen = []
+
+    def in_a_thread():  # signals are delivered to the main thread only: elsewhere it installs nothing
+        with StopOnSigterm(tmp_path) as other:
+            seen.append(signal.getsignal(signal.SIGTERM))
+            other.check()
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert seen == [before, before]

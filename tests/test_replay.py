@@ -131,7 +131,7 @@ def test_several_suites_read_their_demos_once_before_any_episode_and_summarise_s
 
 
 @pytest.mark.libero
-def test_a_collected_demo_replayed_from_its_own_init_state_succeeds_and_a_rerun_resumes(tmp_path, capsys):
+def test_a_collected_demo_replayed_from_its_own_init_state_succeeds_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
     from rsd_pl.collect import main as collect
 
     data, out = tmp_path / "demos", tmp_path / "replay"
@@ -167,3 +167,35 @@ def test_a_collected_demo_replayed_from_its_own_init_state_succeeds_and_a_rerun_
     with pytest.raises(RsdError, match="--num_trials 51"):
         main(["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "51",
               "--out", str(out)])
+    # SIGTERM (`kill`, a scheduler's preemption) stops it between two episodes: the one in flight is logged, the
+    # command says where, the handler is given back, and a rerun runs the rest
+    import os
+    import signal
+
+    from rsd_pl.eval import runner
+
+    def unhandled(signum, frame):  # what reaches the test when replay installs no handler of its own
+        raise AssertionError("SIGTERM was not handled by replay (it would have died mid-episode)")
+
+    real, handler = runner.run_episode, signal.signal(signal.SIGTERM, unhandled)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, during the episode
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_episode", signalled)
+    argv = ["--data", str(data), "--suite", "libero_spatial", "--tasks", "0", "--num_trials", "4", "--out", str(out)]
+    try:
+        with pytest.raises(RsdError, match=r"stopped on SIGTERM; every finished episode is in .*episodes.jsonl: rerun"):
+            main(argv)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # given back
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    trials = [json.loads(line)["trial"] for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert trials == [0, 1, 0, 2]  # libero_spatial 0, 1, libero_spatial_lan 0, then trial 2 finished; 3 not begun
+    monkeypatch.setattr(runner, "run_episode", real)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "replay: 4 episodes already in" in capsys.readouterr().out
+    trials = [json.loads(line)["trial"] for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert trials == [0, 1, 0, 2, 3]

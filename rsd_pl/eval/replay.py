@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rsd_pl.decoding import StatsAggregator
-from rsd_pl.durable import FolderLock, atomic_write
+from rsd_pl.durable import FolderLock, StopOnSigterm, atomic_write
 from rsd_pl.envs.suites import suite_spec
 from rsd_pl.errors import RsdError
 from rsd_pl.eval.episode_log import EpisodeLog, episode_key, read_episodes
@@ -94,7 +94,7 @@ def demo_actions(data: str | Path, suite: str, tasks: list[int], demo: int) -> d
 
 def run(sources: dict[int, tuple[str, np.ndarray]], suite: str, trials: list[int], out: Path) -> None:
     """Replay each task's demo (`sources`, from `demo_actions`) from each trial's init state; episodes already in
-    `<out>/episodes.jsonl` are kept."""
+    `<out>/episodes.jsonl` are kept. A SIGTERM stops it between two episodes, with a message (a rerun resumes)."""
     from rsd_pl.envs.libero import LiberoEnv
     from rsd_pl.eval.runner import new_run_id, run_episode
 
@@ -104,17 +104,20 @@ def run(sources: dict[int, tuple[str, np.ndarray]], suite: str, trials: list[int
     print(f"replay: {len(done)} episodes already in {out}, {len(todo)} to run")
     log = EpisodeLog(out, 0, 1)
     run_id = new_run_id()
-    for task in sorted({t for t, _ in todo}):
-        source, actions = sources[task]
-        policy = ReplayPolicy(actions)
-        with LiberoEnv(suite, task, camera_size=None) as env:
-            for trial in [i for t, i in todo if t == task]:
-                result = run_episode(env, policy, env.max_steps, trial=trial, seed=trial, mode=MODE, image_size=0)
-                result.latency_ms, result.decoding, result.run = {}, {"mode": MODE, "demo": source}, run_id
-                log.append(result.to_json())
-                done.add((suite, task, trial, MODE))
-                print(f"[{len(done)}] {suite} task {task} trial {trial} {MODE}: {result.status} in {result.steps} "
-                      f"steps", flush=True)
+    with StopOnSigterm(log.path) as stop:
+        for task in sorted({t for t, _ in todo}):
+            source, actions = sources[task]
+            policy = ReplayPolicy(actions)
+            with LiberoEnv(suite, task, camera_size=None) as env:
+                for trial in [i for t, i in todo if t == task]:
+                    stop.check()
+                    result = run_episode(env, policy, env.max_steps, trial=trial, seed=trial, mode=MODE,
+                                         image_size=0)
+                    result.latency_ms, result.decoding, result.run = {}, {"mode": MODE, "demo": source}, run_id
+                    log.append(result.to_json())
+                    done.add((suite, task, trial, MODE))
+                    print(f"[{len(done)}] {suite} task {task} trial {trial} {MODE}: {result.status} in "
+                          f"{result.steps} steps", flush=True)
 
 
 def summary(out: Path, suite: str, compare: Path | list[Path] | None) -> dict[str, Any]:
