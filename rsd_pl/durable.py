@@ -230,5 +230,9 @@ class StopOnSigterm:
 
     def check(self) -> None:
         if self.received:
-            raise RsdError(f"stopped on SIGTERM; every finished episode is in {self.where}: rerun the same command "
-                           "to resume")
+            raise stopped_on_sigterm(self.where)
+
+
+def stopped_on_sigterm(where: str | Path) -> RsdError:
+    """The error of a command stopped between two episodes by SIGTERM (eval's and replay's)."""
+    return RsdError(f"stopped on SIGTERM; every finished episode is in {where}: rerun the same command to resume")

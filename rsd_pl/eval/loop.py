@@ -20,8 +20,8 @@ import lightning as L
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from rsd_pl.durable import stopped_on_sigterm
 from rsd_pl.envs import SHADOWS
-from rsd_pl.errors import RsdError
 from rsd_pl.eval.config import DEFAULT_CAMERA_SIZE, EvalConfig, ObsSpec, models_used
 from rsd_pl.eval.episode_log import EPISODES_FILE, EpisodeLog, merge_rank_files
 from rsd_pl.eval.episodes import check_same_models, count_runs, episode_list, output_lock, pending_items
@@ -94,8 +94,7 @@ class EvalModule(L.LightningModule):
         signal connector catches SIGTERM and only sets `trainer.received_sigterm`, which its predict loop never
         reads: without this check an eval ran on to its end. Every finished episode is already in the log."""
         if getattr(self._trainer, "received_sigterm", False):
-            raise RsdError(f"stopped on SIGTERM; every finished episode is in {self._log.path}: rerun the same "
-                           "command to resume")
+            raise stopped_on_sigterm(self._log.path)
 
     def _run_group(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each mode in turn on the episodes that still need it, one env per worker, decoded as one batch."""
